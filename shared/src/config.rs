@@ -1,0 +1,120 @@
+//! Clap argument groups shared by both binaries, and the parse step every `main` uses.
+//! Every setting is a flag with an env-var equivalent; the doc comment (shown by `--help`) states
+//! its default.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Redis connection and key layout.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis server URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
+    #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
+    pub url: String,
+
+    /// Prefix of every Redis key and channel Roomcast uses (see docs/redis-keys.md).
+    #[arg(long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", value_name = "REDIS_KEY_PREFIX", default_value = "socket.io", value_parser = parse_key_prefix)]
+    pub key_prefix: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// Log format: `text` for humans, `json` for log collectors. The level comes from `RUST_LOG`
+    /// (default `info`).
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses the process arguments and environment. On a bad setting prints clap's message (which
+/// names the flag and its env var) and exits with 64 (EX_USAGE); `--help` exits 0.
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(error) => {
+            let code = if error.use_stderr() { 64 } else { 0 };
+            // Printing can only fail if stdout/stderr are gone; the exit code still tells.
+            let _ = error.print();
+            std::process::exit(code);
+        }
+    }
+}
+
+/// A duration given in whole milliseconds, greater than zero.
+pub fn parse_millis(s: &str) -> Result<Duration, String> {
+    let ms: u64 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number of milliseconds"))?;
+    if ms == 0 {
+        return Err("must be greater than 0".into());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A count greater than zero.
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    redis::Client::open(s).map_err(|e| format!("not a Redis URL: {e}"))?;
+    Ok(s.to_owned())
+}
+
+fn parse_key_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.contains(['{', '}']) || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        // Braces would become the hash tag of every key and put them all in one cluster slot.
+        return Err("must not contain braces, spaces or control characters".into());
+    }
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Probe {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+    }
+
+    #[test]
+    fn defaults() {
+        let p = Probe::try_parse_from(["x"]).expect("defaults parse");
+        assert_eq!(p.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(p.redis.key_prefix, "socket.io");
+        assert_eq!(p.telemetry.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = Probe::try_parse_from(["x", "--redis-url", "nope://"]).expect_err("refused");
+        assert!(err.to_string().contains("REDIS_URL"), "{err}");
+        let err = Probe::try_parse_from(["x", "--redis-key-prefix", "{a}"]).expect_err("refused");
+        assert!(err.to_string().contains("REDIS_KEY_PREFIX"), "{err}");
+        let err = Probe::try_parse_from(["x", "--log-format", "xml"]).expect_err("refused");
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn millis() {
+        assert_eq!(parse_millis("25000"), Ok(Duration::from_secs(25)));
+        assert!(parse_millis("0").is_err());
+        assert!(parse_millis("1s").is_err());
+    }
+}

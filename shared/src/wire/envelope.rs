@@ -1,0 +1,144 @@
+//! The msgpack envelope (contract v1) the fanout publishes on a topic channel and gateways decode.
+//!
+//! On the wire an envelope is the msgpack array `[version, seq, body]`. Structs are encoded as
+//! arrays (rmp-serde's default), so a field's position is its stable tag: fields are only ever
+//! appended, new ones with `#[serde(default)]`. The body is encoded once per publish request and
+//! reused for every target topic; the sequencing script (`topic_publish.lua`) prepends the version
+//! and the topic's sequence number, which is why `encode` works on already-encoded body bytes.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The envelope format version this code writes and reads.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// What a gateway needs to deliver one publish request to its local sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeBody {
+    /// 0: id of the publish stream entry this came from; identical in every topic's copy.
+    pub source_id: String,
+    /// 1: namespace, e.g. `/`.
+    pub nsp: String,
+    /// 2: every target room of the request (empty: the whole namespace). A gateway uses the full
+    /// list so that a socket in several target rooms receives the event once.
+    pub rooms: Vec<String>,
+    /// 3: rooms whose members must not receive the event.
+    pub except: Vec<String>,
+    /// 4: the Socket.IO EVENT data as JSON array text, `["event", arg1, ...]`.
+    pub data: String,
+    /// 5: time of the publish stream entry (unix ms), for delivery latency.
+    pub published_at_ms: u64,
+    /// 6: W3C trace context of the publisher, if it sent one.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+}
+
+/// A decoded envelope: the topic's sequence number and the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u8,
+    /// Position of this message in its topic, contiguous from 1.
+    pub seq: u64,
+    pub body: EnvelopeBody,
+}
+
+#[derive(Debug, Error)]
+pub enum EnvelopeError {
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u8),
+    #[error("malformed envelope: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("cannot encode envelope: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+impl EnvelopeBody {
+    /// Encodes the body once; the result is what the sequencing script receives as `ARGV[3]`.
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        Ok(rmp_serde::to_vec(self)?)
+    }
+}
+
+impl Envelope {
+    /// Builds the wire bytes from an encoded body, exactly as `topic_publish.lua` does.
+    pub fn encode(seq: u64, body: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::with_capacity(body.len() + 11);
+        out.push(0x93);
+        out.push(ENVELOPE_VERSION);
+        out.extend_from_slice(&rmp_serde::to_vec(&seq)?);
+        out.extend_from_slice(body);
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        // Check the version before the body so a newer format is reported as such, not as garbage.
+        if let [0x90..=0x9f, v @ 0..=0x7f, ..] = bytes {
+            if *v != ENVELOPE_VERSION {
+                return Err(EnvelopeError::UnsupportedVersion(*v));
+            }
+        }
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> EnvelopeBody {
+        EnvelopeBody {
+            source_id: "1-0".into(),
+            nsp: "/".into(),
+            rooms: vec!["r".into()],
+            except: vec![],
+            data: r#"["m",1]"#.into(),
+            published_at_ms: 5,
+            traceparent: None,
+        }
+    }
+
+    /// Golden bytes: a change here breaks every gateway and fanout of the previous version.
+    #[test]
+    fn golden_bytes() {
+        let body = body().encode().expect("encodes");
+        let bytes = Envelope::encode(300, &body).expect("encodes");
+        let expected: &[u8] = &[
+            0x93, 0x01, 0xcd, 0x01, 0x2c, // [1, 300,
+            0x97, // body: array of 7
+            0xa3, b'1', b'-', b'0', // "1-0"
+            0xa1, b'/', // "/"
+            0x91, 0xa1, b'r', // ["r"]
+            0x90, // []
+            0xa7, b'[', b'"', b'm', b'"', b',', b'1', b']', // "[\"m\",1]"
+            0x05, // 5
+            0xc0, // nil
+        ];
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn round_trip_matches_serde_encoding() {
+        let env = Envelope { version: 1, seq: 1 << 40, body: body() };
+        let via_serde = rmp_serde::to_vec(&env).expect("encodes");
+        let via_splice = Envelope::encode(env.seq, &env.body.encode().expect("encodes")).expect("encodes");
+        assert_eq!(via_serde, via_splice);
+        assert_eq!(Envelope::decode(&via_splice).expect("decodes"), env);
+    }
+
+    #[test]
+    fn older_body_without_trailing_optional_field_decodes() {
+        // A v1 writer that predates `traceparent` sent 6 body fields.
+        let mut bytes = vec![0x93, 0x01, 0x01, 0x96];
+        bytes.extend_from_slice(&[0xa3, b'1', b'-', b'0', 0xa1, b'/', 0x90, 0x90, 0xa2, b'[', b']', 0x00]);
+        let env = Envelope::decode(&bytes).expect("decodes");
+        assert_eq!(env.body.traceparent, None);
+        assert_eq!(env.body.data, "[]");
+    }
+
+    #[test]
+    fn rejects_other_versions_and_garbage() {
+        assert!(matches!(Envelope::decode(&[0x93, 0x02, 0x01, 0x90]), Err(EnvelopeError::UnsupportedVersion(2))));
+        assert!(matches!(Envelope::decode(b"hello"), Err(EnvelopeError::Decode(_))));
+        assert!(matches!(Envelope::decode(&[]), Err(EnvelopeError::Decode(_))));
+    }
+}

@@ -1,0 +1,118 @@
+//! The Redis key and channel layout (contract v1), in one place. Nothing else in the code base
+//! formats a key.
+//!
+//! Every key and the channel of one topic share the hash tag `{<nsp>#<room>}` (or `{<nsp>}` for
+//! a namespace-wide topic), so the sequencing script touches a single hash slot and a later
+//! Redis Cluster deployment can use sharded pub/sub (`SPUBLISH`) on the same names.
+
+/// Names derived from the configured key prefix (`REDIS_KEY_PREFIX`, default `socket.io`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl KeySpace {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stream backends `XADD` publish requests to: `<prefix>:publish`.
+    pub fn publish_stream(&self) -> String {
+        format!("{}:publish", self.prefix)
+    }
+
+    /// Where entries that cannot be honoured go, with `error` and `source_id`: `<prefix>:publish:dead`.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}:publish:dead", self.prefix)
+    }
+
+    /// Sorted set of live gateways: member = gateway id, score = heartbeat expiry (unix ms).
+    pub fn gateways(&self) -> String {
+        format!("{}:gateways", self.prefix)
+    }
+
+    /// Set of topic channels a gateway holds members of, used to clean up after a dead gateway.
+    pub fn gateway_topics(&self, gateway_id: &str) -> String {
+        format!("{}:gateway:{{{gateway_id}}}:topics", self.prefix)
+    }
+
+    /// The topic of one room in a namespace.
+    pub fn room(&self, nsp: &str, room: &str) -> Topic {
+        Topic { base: format!("{}:room:{{{nsp}#{room}}}", self.prefix) }
+    }
+
+    /// The topic that reaches every socket of a namespace (publish requests without rooms).
+    pub fn namespace(&self, nsp: &str) -> Topic {
+        Topic { base: format!("{}:nsp:{{{nsp}}}", self.prefix) }
+    }
+}
+
+/// A delivery target with its own channel, sequence and member counts: a room, or a whole
+/// namespace. Its identity is its channel name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic {
+    base: String,
+}
+
+impl Topic {
+    /// Builds a topic from a channel name received from Redis.
+    pub fn from_channel(channel: impl Into<String>) -> Self {
+        Self { base: channel.into() }
+    }
+
+    /// The pub/sub channel gateways subscribe to while they hold a member.
+    pub fn channel(&self) -> &str {
+        &self.base
+    }
+
+    /// Hash `{seq, src}`: the topic's last sequence number and the last source entry id sequenced.
+    pub fn meta_key(&self) -> String {
+        format!("{}:meta", self.base)
+    }
+
+    /// Hash `{<gateway id>: <local member count>}`; the sum of its values is the topic's size.
+    pub fn members_key(&self) -> String {
+        format!("{}:members", self.base)
+    }
+
+    pub fn into_channel(self) -> String {
+        self.base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_stable() {
+        let ks = KeySpace::new("socket.io");
+        assert_eq!(ks.publish_stream(), "socket.io:publish");
+        assert_eq!(ks.dead_letter_stream(), "socket.io:publish:dead");
+        assert_eq!(ks.gateways(), "socket.io:gateways");
+        assert_eq!(ks.gateway_topics("gw-1"), "socket.io:gateway:{gw-1}:topics");
+        let t = ks.room("/", "chat:42");
+        assert_eq!(t.channel(), "socket.io:room:{/#chat:42}");
+        assert_eq!(t.meta_key(), "socket.io:room:{/#chat:42}:meta");
+        assert_eq!(t.members_key(), "socket.io:room:{/#chat:42}:members");
+        assert_eq!(ks.namespace("/admin").channel(), "socket.io:nsp:{/admin}");
+    }
+
+    /// The hash tag is the text between the first `{` and the next `}`; a room containing `}`
+    /// shortens it, but identically for every key of that room, so they still share a slot.
+    #[test]
+    fn braces_in_room_keep_one_slot() {
+        fn tag(key: &str) -> &str {
+            let start = key.find('{').expect("has a tag") + 1;
+            let end = start + key[start..].find('}').expect("closed");
+            &key[start..end]
+        }
+        let t = KeySpace::new("p").room("/", "a}b{c");
+        assert_eq!(tag(t.channel()), tag(&t.meta_key()));
+        assert_eq!(tag(t.channel()), tag(&t.members_key()));
+    }
+}

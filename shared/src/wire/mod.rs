@@ -1,0 +1,19 @@
+//! Versioned wire contracts. Everything another language must implement or read lives here:
+//! the publish request a backend `XADD`s (`publish`), the msgpack envelope the fanout publishes
+//! on a topic channel (`envelope`), and the Redis key and channel layout (`keys`).
+//! `docs/publish.md`, `docs/redis-keys.md` and `docs/architecture.md` describe the same contracts
+//! for humans; change both together.
+
+pub mod envelope;
+pub mod keys;
+pub mod names;
+pub mod publish;
+
+pub use envelope::{Envelope, EnvelopeBody, EnvelopeError, ENVELOPE_VERSION};
+pub use keys::{KeySpace, Topic};
+pub use names::{validate_namespace, validate_room, NameError};
+pub use publish::{PublishLimits, PublishError, PublishRequest, Target};
+
+/// The Lua script that atomically sequences one entry into one topic and publishes it.
+/// See `docs/redis-keys.md` for its keys and arguments.
+pub const TOPIC_PUBLISH_LUA: &str = include_str!("topic_publish.lua");

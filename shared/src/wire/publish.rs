@@ -1,0 +1,334 @@
+//! The publish request (contract v1): the fields of one entry a backend `XADD`s to
+//! `<prefix>:publish`, and their validation. `docs/publish.md` is the human version.
+//!
+//! Parsing is strict on purpose: an unknown field (a typo such as `romm`) would otherwise turn a
+//! room message into a namespace-wide broadcast, so it is refused and dead-lettered instead.
+
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use super::names::{validate_namespace, validate_room, NameError};
+
+/// Event names the Socket.IO client reserves; emitting them would confuse client code.
+const RESERVED_EVENTS: [&str; 6] =
+    ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+/// Longest accepted event name, in bytes.
+pub const MAX_EVENT_BYTES: usize = 256;
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishLimits {
+    /// Largest accepted entry (sum of field names and values), in bytes.
+    pub max_entry_bytes: usize,
+}
+
+/// Who receives a publish request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every socket connected to the namespace.
+    Namespace,
+    /// Members of any of these rooms (deduplicated, in request order); a socket in several
+    /// receives the event once.
+    Rooms(Vec<String>),
+}
+
+/// A validated publish request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub nsp: String,
+    pub event: String,
+    /// Socket.IO EVENT data, JSON array text: `["event", arg1, ...]`.
+    pub data: String,
+    pub target: Target,
+    pub except: Vec<String>,
+    pub traceparent: Option<String>,
+}
+
+/// Why an entry cannot be honoured. `Display` is the readable `error` written to the
+/// dead-letter stream; [`PublishError::reason`] is a short label from a fixed set, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PublishError {
+    #[error("entry is {size} bytes, over the limit of {max} bytes")]
+    Oversized { size: usize, max: usize },
+    #[error("field name is not valid UTF-8")]
+    FieldNameNotUtf8,
+    #[error("field `{0}` is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("unknown field `{0}` (known: event, data, args, room, rooms, except, nsp, traceparent)")]
+    UnknownField(String),
+    #[error("field `{0}` appears more than once")]
+    DuplicateField(String),
+    #[error("missing required field `event`")]
+    MissingEvent,
+    #[error("event name must be 1 to {MAX_EVENT_BYTES} bytes")]
+    InvalidEvent,
+    #[error("event name `{0}` is reserved by Socket.IO")]
+    ReservedEvent(String),
+    #[error("fields `{0}` and `{1}` cannot be used together")]
+    Conflicting(&'static str, &'static str),
+    #[error("field `{field}` is not valid JSON: {error}")]
+    InvalidJson { field: &'static str, error: String },
+    #[error("field `{field}` must be {expected}")]
+    WrongType { field: &'static str, expected: &'static str },
+    #[error("field `{field}`: {error}")]
+    InvalidRoom { field: &'static str, error: NameError },
+    #[error("field `nsp`: {0}")]
+    InvalidNamespace(NameError),
+    #[error("field `traceparent` is not a W3C traceparent")]
+    InvalidTraceparent,
+}
+
+impl PublishError {
+    /// A stable, bounded label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Oversized { .. } => "oversized",
+            Self::FieldNameNotUtf8 | Self::NotUtf8(_) => "not_utf8",
+            Self::UnknownField(_) => "unknown_field",
+            Self::DuplicateField(_) => "duplicate_field",
+            Self::MissingEvent => "missing_event",
+            Self::InvalidEvent | Self::ReservedEvent(_) => "invalid_event",
+            Self::Conflicting(..) => "conflicting_fields",
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::WrongType { .. } => "wrong_type",
+            Self::InvalidRoom { .. } => "invalid_room",
+            Self::InvalidNamespace(_) => "invalid_namespace",
+            Self::InvalidTraceparent => "invalid_traceparent",
+        }
+    }
+}
+
+#[derive(Default)]
+struct RawFields<'a> {
+    event: Option<&'a str>,
+    data: Option<&'a str>,
+    args: Option<&'a str>,
+    room: Option<&'a str>,
+    rooms: Option<&'a str>,
+    except: Option<&'a str>,
+    nsp: Option<&'a str>,
+    traceparent: Option<&'a str>,
+}
+
+impl PublishRequest {
+    /// Parses the field/value pairs of one stream entry, in the order Redis returned them.
+    pub fn parse<'a, I>(fields: I, limits: PublishLimits) -> Result<Self, PublishError>
+    where
+        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        I::IntoIter: Clone,
+    {
+        let fields = fields.into_iter();
+        let size: usize = fields.clone().map(|(k, v)| k.len() + v.len()).sum();
+        if size > limits.max_entry_bytes {
+            return Err(PublishError::Oversized { size, max: limits.max_entry_bytes });
+        }
+        let raw = collect_fields(fields)?;
+
+        let event = raw.event.ok_or(PublishError::MissingEvent)?;
+        if event.is_empty() || event.len() > MAX_EVENT_BYTES {
+            return Err(PublishError::InvalidEvent);
+        }
+        if RESERVED_EVENTS.contains(&event) {
+            return Err(PublishError::ReservedEvent(event.to_owned()));
+        }
+
+        let nsp = raw.nsp.unwrap_or("/");
+        validate_namespace(nsp).map_err(PublishError::InvalidNamespace)?;
+
+        let data = event_data(event, raw.data, raw.args)?;
+
+        let target = match (raw.room, raw.rooms) {
+            (Some(_), Some(_)) => return Err(PublishError::Conflicting("room", "rooms")),
+            (Some(room), None) => {
+                validate_room(room).map_err(|error| PublishError::InvalidRoom { field: "room", error })?;
+                Target::Rooms(vec![room.to_owned()])
+            }
+            (None, Some(json)) => {
+                let rooms = room_list("rooms", json)?;
+                if rooms.is_empty() {
+                    // An empty list must not silently become a broadcast to everyone.
+                    return Err(PublishError::WrongType { field: "rooms", expected: "a non-empty JSON array of room names" });
+                }
+                Target::Rooms(rooms)
+            }
+            (None, None) => Target::Namespace,
+        };
+        let except = raw.except.map(|json| room_list("except", json)).transpose()?.unwrap_or_default();
+
+        if let Some(tp) = raw.traceparent {
+            if !is_traceparent(tp) {
+                return Err(PublishError::InvalidTraceparent);
+            }
+        }
+
+        Ok(Self {
+            nsp: nsp.to_owned(),
+            event: event.to_owned(),
+            data,
+            target,
+            except,
+            traceparent: raw.traceparent.map(str::to_owned),
+        })
+    }
+}
+
+fn collect_fields<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<RawFields<'a>, PublishError> {
+    let mut raw = RawFields::default();
+    for (name, value) in fields {
+        let name = std::str::from_utf8(name).map_err(|_| PublishError::FieldNameNotUtf8)?;
+        let slot = match name {
+            "event" => &mut raw.event,
+            "data" => &mut raw.data,
+            "args" => &mut raw.args,
+            "room" => &mut raw.room,
+            "rooms" => &mut raw.rooms,
+            "except" => &mut raw.except,
+            "nsp" => &mut raw.nsp,
+            "traceparent" => &mut raw.traceparent,
+            other => return Err(PublishError::UnknownField(other.to_owned())),
+        };
+        if slot.is_some() {
+            return Err(PublishError::DuplicateField(name.to_owned()));
+        }
+        *slot = Some(std::str::from_utf8(value).map_err(|_| PublishError::NotUtf8(name.to_owned()))?);
+    }
+    Ok(raw)
+}
+
+/// Builds `["event", ...args]` from `data` (one argument) or `args` (a JSON array of arguments),
+/// keeping the publisher's JSON text as is: it is validated, never re-serialized.
+fn event_data(event: &str, data: Option<&str>, args: Option<&str>) -> Result<String, PublishError> {
+    let mut out = String::with_capacity(event.len() + data.or(args).map_or(0, str::len) + 8);
+    out.push('[');
+    out.push_str(&serde_json::to_string(event).map_err(|_| PublishError::InvalidEvent)?);
+    match (data, args) {
+        (Some(_), Some(_)) => return Err(PublishError::Conflicting("data", "args")),
+        (Some(data), None) => {
+            let value: &RawValue = serde_json::from_str(data)
+                .map_err(|e| PublishError::InvalidJson { field: "data", error: e.to_string() })?;
+            out.push(',');
+            out.push_str(value.get());
+        }
+        (None, Some(args)) => {
+            let value: &RawValue = serde_json::from_str(args)
+                .map_err(|e| PublishError::InvalidJson { field: "args", error: e.to_string() })?;
+            let list: Vec<&RawValue> = serde_json::from_str(value.get())
+                .map_err(|_| PublishError::WrongType { field: "args", expected: "a JSON array" })?;
+            for arg in list {
+                out.push(',');
+                out.push_str(arg.get());
+            }
+        }
+        (None, None) => {}
+    }
+    out.push(']');
+    Ok(out)
+}
+
+fn room_list(field: &'static str, json: &str) -> Result<Vec<String>, PublishError> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| PublishError::InvalidJson { field, error: e.to_string() })?;
+    let serde_json::Value::Array(items) = value else {
+        return Err(PublishError::WrongType { field, expected: "a JSON array of room names" });
+    };
+    let mut rooms: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let serde_json::Value::String(room) = item else {
+            return Err(PublishError::WrongType { field, expected: "a JSON array of room names" });
+        };
+        validate_room(&room).map_err(|error| PublishError::InvalidRoom { field, error })?;
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    Ok(rooms)
+}
+
+/// `version-traceid-spanid-flags`, lowercase hex, 2-32-16-2 digits.
+fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let lens = [2, 32, 16, 2];
+    parts.len() == 4
+        && parts.iter().zip(lens).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: PublishLimits = PublishLimits { max_entry_bytes: 1024 };
+
+    fn parse(fields: &[(&str, &str)]) -> Result<PublishRequest, PublishError> {
+        PublishRequest::parse(fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())), LIMITS)
+    }
+
+    #[test]
+    fn minimal_room_event() {
+        let req = parse(&[("room", "chat:42"), ("event", "message"), ("data", r#"{"text":"hi"}"#)]).expect("valid");
+        assert_eq!(req.nsp, "/");
+        assert_eq!(req.data, r#"["message",{"text":"hi"}]"#);
+        assert_eq!(req.target, Target::Rooms(vec!["chat:42".into()]));
+        assert!(req.except.is_empty());
+    }
+
+    #[test]
+    fn args_rooms_except_nsp() {
+        let req = parse(&[
+            ("event", "e\"q"),
+            ("args", r#"[1, "two", {"3":[3]}]"#),
+            ("rooms", r#"["a","b","a"]"#),
+            ("except", r#"["banned"]"#),
+            ("nsp", "/admin"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ])
+        .expect("valid");
+        assert_eq!(req.data, r#"["e\"q",1,"two",{"3":[3]}]"#);
+        assert_eq!(req.target, Target::Rooms(vec!["a".into(), "b".into()]));
+        assert_eq!(req.except, vec!["banned".to_owned()]);
+        assert_eq!(req.nsp, "/admin");
+        assert!(req.traceparent.is_some());
+    }
+
+    #[test]
+    fn no_rooms_is_namespace_broadcast_and_no_data_is_no_args() {
+        let req = parse(&[("event", "tick")]).expect("valid");
+        assert_eq!(req.target, Target::Namespace);
+        assert_eq!(req.data, r#"["tick"]"#);
+    }
+
+    #[test]
+    fn every_kind_of_bad_entry_has_a_reason() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("data", "1")], "missing_event"),
+            (&[("event", "")], "invalid_event"),
+            (&[("event", "connect")], "invalid_event"),
+            (&[("event", "e"), ("data", "{nope")], "invalid_json"),
+            (&[("event", "e"), ("args", "{}")], "wrong_type"),
+            (&[("event", "e"), ("args", "[1")], "invalid_json"),
+            (&[("event", "e"), ("data", "1"), ("args", "[1]")], "conflicting_fields"),
+            (&[("event", "e"), ("room", "a"), ("rooms", "[\"b\"]")], "conflicting_fields"),
+            (&[("event", "e"), ("rooms", "[]")], "wrong_type"),
+            (&[("event", "e"), ("rooms", "[1]")], "wrong_type"),
+            (&[("event", "e"), ("rooms", "\"a\"")], "wrong_type"),
+            (&[("event", "e"), ("room", "")], "invalid_room"),
+            (&[("event", "e"), ("except", "[\"\"]")], "invalid_room"),
+            (&[("event", "e"), ("nsp", "admin")], "invalid_namespace"),
+            (&[("event", "e"), ("romm", "a")], "unknown_field"),
+            (&[("event", "e"), ("event", "f")], "duplicate_field"),
+            (&[("event", "e"), ("traceparent", "x")], "invalid_traceparent"),
+            (&[("event", "e"), ("data", &"x".repeat(2000))], "oversized"),
+        ];
+        for (fields, reason) in cases {
+            let err = parse(fields).expect_err("must be refused");
+            assert_eq!(err.reason(), *reason, "{fields:?} -> {err}");
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn not_utf8_is_refused() {
+        let fields: [(&[u8], &[u8]); 2] = [(b"event", b"e"), (b"room", &[0xff, 0xfe])];
+        let err = PublishRequest::parse(fields, LIMITS).expect_err("refused");
+        assert_eq!(err.reason(), "not_utf8");
+    }
+}
