@@ -1,1 +1,17 @@
-fn main() {}
+//! `roomcast-gateway`: parse config, start telemetry, run until SIGTERM/SIGINT.
+
+use roomcast_gateway::GatewayConfig;
+use roomcast_shared::{config::parse_or_exit, shutdown::cancel_on_signal, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: GatewayConfig = parse_or_exit();
+    telemetry::init(&config.telemetry)?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on LISTEN_ADDR {}: {e}", config.listen_addr))?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    roomcast_gateway::run(config, listener, shutdown).await
+}

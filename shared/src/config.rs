@@ -23,7 +23,12 @@ pub struct RedisArgs {
 pub struct TelemetryArgs {
     /// Log format: `text` for humans, `json` for log collectors. The level comes from `RUST_LOG`
     /// (default `info`).
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -49,7 +54,10 @@ pub fn parse_or_exit<T: Parser>() -> T {
 
 /// A duration given in whole milliseconds, greater than zero.
 pub fn parse_millis(s: &str) -> Result<Duration, String> {
-    let ms: u64 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number of milliseconds"))?;
+    let ms: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of milliseconds"))?;
     if ms == 0 {
         return Err("must be greater than 0".into());
     }

@@ -1,11 +1,11 @@
 //! `/healthz` (process alive) and `/readyz` (dependencies in place), served by both binaries.
 
 use std::sync::{
-    atomic::{AtomicBool, Ordering},
     Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
-use axum::{extract::State, http::StatusCode, routing::get, Router};
+use axum::{Router, extract::State, http::StatusCode, routing::get};
 
 /// A readiness latch made of named conditions; ready while all hold. Each component owns the
 /// condition it sets, so `/readyz` can say which one is missing.
@@ -16,7 +16,9 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn new(names: &[&'static str]) -> Self {
-        Self { conditions: Arc::new(names.iter().map(|n| (*n, AtomicBool::new(false))).collect()) }
+        Self {
+            conditions: Arc::new(names.iter().map(|n| (*n, AtomicBool::new(false))).collect()),
+        }
     }
 
     /// Sets a condition; unknown names are a programming error and are ignored in release.
@@ -30,11 +32,17 @@ impl Readiness {
 
     /// Names of the conditions that do not hold; empty when ready.
     pub fn missing(&self) -> Vec<&'static str> {
-        self.conditions.iter().filter(|(_, f)| !f.load(Ordering::Acquire)).map(|(n, _)| *n).collect()
+        self.conditions
+            .iter()
+            .filter(|(_, f)| !f.load(Ordering::Acquire))
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     pub fn is_ready(&self) -> bool {
-        self.conditions.iter().all(|(_, f)| f.load(Ordering::Acquire))
+        self.conditions
+            .iter()
+            .all(|(_, f)| f.load(Ordering::Acquire))
     }
 }
 
@@ -50,7 +58,10 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     if missing.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", missing.join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", missing.join(", ")),
+        )
     }
 }
 

@@ -118,9 +118,14 @@ mod tests {
 
     #[test]
     fn round_trip_matches_serde_encoding() {
-        let env = Envelope { version: 1, seq: 1 << 40, body: body() };
+        let env = Envelope {
+            version: 1,
+            seq: 1 << 40,
+            body: body(),
+        };
         let via_serde = rmp_serde::to_vec(&env).expect("encodes");
-        let via_splice = Envelope::encode(env.seq, &env.body.encode().expect("encodes")).expect("encodes");
+        let via_splice =
+            Envelope::encode(env.seq, &env.body.encode().expect("encodes")).expect("encodes");
         assert_eq!(via_serde, via_splice);
         assert_eq!(Envelope::decode(&via_splice).expect("decodes"), env);
     }
@@ -129,7 +134,9 @@ mod tests {
     fn older_body_without_trailing_optional_field_decodes() {
         // A v1 writer that predates `traceparent` sent 6 body fields.
         let mut bytes = vec![0x93, 0x01, 0x01, 0x96];
-        bytes.extend_from_slice(&[0xa3, b'1', b'-', b'0', 0xa1, b'/', 0x90, 0x90, 0xa2, b'[', b']', 0x00]);
+        bytes.extend_from_slice(&[
+            0xa3, b'1', b'-', b'0', 0xa1, b'/', 0x90, 0x90, 0xa2, b'[', b']', 0x00,
+        ]);
         let env = Envelope::decode(&bytes).expect("decodes");
         assert_eq!(env.body.traceparent, None);
         assert_eq!(env.body.data, "[]");
@@ -137,8 +144,17 @@ mod tests {
 
     #[test]
     fn rejects_other_versions_and_garbage() {
-        assert!(matches!(Envelope::decode(&[0x93, 0x02, 0x01, 0x90]), Err(EnvelopeError::UnsupportedVersion(2))));
-        assert!(matches!(Envelope::decode(b"hello"), Err(EnvelopeError::Decode(_))));
-        assert!(matches!(Envelope::decode(&[]), Err(EnvelopeError::Decode(_))));
+        assert!(matches!(
+            Envelope::decode(&[0x93, 0x02, 0x01, 0x90]),
+            Err(EnvelopeError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            Envelope::decode(b"hello"),
+            Err(EnvelopeError::Decode(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(&[]),
+            Err(EnvelopeError::Decode(_))
+        ));
     }
 }

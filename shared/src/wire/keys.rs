@@ -13,7 +13,9 @@ pub struct KeySpace {
 
 impl KeySpace {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -42,12 +44,16 @@ impl KeySpace {
 
     /// The topic of one room in a namespace.
     pub fn room(&self, nsp: &str, room: &str) -> Topic {
-        Topic { base: format!("{}:room:{{{nsp}#{room}}}", self.prefix) }
+        Topic {
+            base: format!("{}:room:{{{nsp}#{room}}}", self.prefix),
+        }
     }
 
     /// The topic that reaches every socket of a namespace (publish requests without rooms).
     pub fn namespace(&self, nsp: &str) -> Topic {
-        Topic { base: format!("{}:nsp:{{{nsp}}}", self.prefix) }
+        Topic {
+            base: format!("{}:nsp:{{{nsp}}}", self.prefix),
+        }
     }
 }
 
@@ -61,7 +67,9 @@ pub struct Topic {
 impl Topic {
     /// Builds a topic from a channel name received from Redis.
     pub fn from_channel(channel: impl Into<String>) -> Self {
-        Self { base: channel.into() }
+        Self {
+            base: channel.into(),
+        }
     }
 
     /// The pub/sub channel gateways subscribe to while they hold a member.

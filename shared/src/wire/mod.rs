@@ -9,11 +9,14 @@ pub mod keys;
 pub mod names;
 pub mod publish;
 
-pub use envelope::{Envelope, EnvelopeBody, EnvelopeError, ENVELOPE_VERSION};
+pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeBody, EnvelopeError};
 pub use keys::{KeySpace, Topic};
-pub use names::{validate_namespace, validate_room, NameError};
-pub use publish::{PublishLimits, PublishError, PublishRequest, Target};
+pub use names::{NameError, validate_namespace, validate_room};
+pub use publish::{PublishError, PublishLimits, PublishRequest, Target};
 
 /// The Lua script that atomically sequences one entry into one topic and publishes it.
 /// See `docs/redis-keys.md` for its keys and arguments.
 pub const TOPIC_PUBLISH_LUA: &str = include_str!("topic_publish.lua");
+
+/// The Lua script that removes the room memberships of dead (or departing) gateways.
+pub const REAP_GATEWAYS_LUA: &str = include_str!("reap_gateways.lua");

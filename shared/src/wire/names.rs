@@ -80,7 +80,10 @@ mod tests {
     fn namespaces() {
         assert!(validate_namespace("/").is_ok());
         assert!(validate_namespace("/admin/v1.2").is_ok());
-        assert_eq!(validate_namespace("admin"), Err(NameError::NamespaceNoSlash));
+        assert_eq!(
+            validate_namespace("admin"),
+            Err(NameError::NamespaceNoSlash)
+        );
         assert_eq!(validate_namespace("/a,b"), Err(NameError::NamespaceChar));
         assert_eq!(validate_namespace("/a#b"), Err(NameError::NamespaceChar));
         assert_eq!(validate_namespace("/{a}"), Err(NameError::NamespaceChar));

@@ -7,11 +7,17 @@
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use super::names::{validate_namespace, validate_room, NameError};
+use super::names::{NameError, validate_namespace, validate_room};
 
 /// Event names the Socket.IO client reserves; emitting them would confuse client code.
-const RESERVED_EVENTS: [&str; 6] =
-    ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
 /// Longest accepted event name, in bytes.
 pub const MAX_EVENT_BYTES: usize = 256;
 
@@ -54,7 +60,9 @@ pub enum PublishError {
     FieldNameNotUtf8,
     #[error("field `{0}` is not valid UTF-8")]
     NotUtf8(String),
-    #[error("unknown field `{0}` (known: event, data, args, room, rooms, except, nsp, traceparent)")]
+    #[error(
+        "unknown field `{0}` (known: event, data, args, room, rooms, except, nsp, traceparent)"
+    )]
     UnknownField(String),
     #[error("field `{0}` appears more than once")]
     DuplicateField(String),
@@ -69,9 +77,15 @@ pub enum PublishError {
     #[error("field `{field}` is not valid JSON: {error}")]
     InvalidJson { field: &'static str, error: String },
     #[error("field `{field}` must be {expected}")]
-    WrongType { field: &'static str, expected: &'static str },
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
     #[error("field `{field}`: {error}")]
-    InvalidRoom { field: &'static str, error: NameError },
+    InvalidRoom {
+        field: &'static str,
+        error: NameError,
+    },
     #[error("field `nsp`: {0}")]
     InvalidNamespace(NameError),
     #[error("field `traceparent` is not a W3C traceparent")]
@@ -120,7 +134,10 @@ impl PublishRequest {
         let fields = fields.into_iter();
         let size: usize = fields.clone().map(|(k, v)| k.len() + v.len()).sum();
         if size > limits.max_entry_bytes {
-            return Err(PublishError::Oversized { size, max: limits.max_entry_bytes });
+            return Err(PublishError::Oversized {
+                size,
+                max: limits.max_entry_bytes,
+            });
         }
         let raw = collect_fields(fields)?;
 
@@ -140,20 +157,30 @@ impl PublishRequest {
         let target = match (raw.room, raw.rooms) {
             (Some(_), Some(_)) => return Err(PublishError::Conflicting("room", "rooms")),
             (Some(room), None) => {
-                validate_room(room).map_err(|error| PublishError::InvalidRoom { field: "room", error })?;
+                validate_room(room).map_err(|error| PublishError::InvalidRoom {
+                    field: "room",
+                    error,
+                })?;
                 Target::Rooms(vec![room.to_owned()])
             }
             (None, Some(json)) => {
                 let rooms = room_list("rooms", json)?;
                 if rooms.is_empty() {
                     // An empty list must not silently become a broadcast to everyone.
-                    return Err(PublishError::WrongType { field: "rooms", expected: "a non-empty JSON array of room names" });
+                    return Err(PublishError::WrongType {
+                        field: "rooms",
+                        expected: "a non-empty JSON array of room names",
+                    });
                 }
                 Target::Rooms(rooms)
             }
             (None, None) => Target::Namespace,
         };
-        let except = raw.except.map(|json| room_list("except", json)).transpose()?.unwrap_or_default();
+        let except = raw
+            .except
+            .map(|json| room_list("except", json))
+            .transpose()?
+            .unwrap_or_default();
 
         if let Some(tp) = raw.traceparent {
             if !is_traceparent(tp) {
@@ -172,7 +199,9 @@ impl PublishRequest {
     }
 }
 
-fn collect_fields<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<RawFields<'a>, PublishError> {
+fn collect_fields<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<RawFields<'a>, PublishError> {
     let mut raw = RawFields::default();
     for (name, value) in fields {
         let name = std::str::from_utf8(name).map_err(|_| PublishError::FieldNameNotUtf8)?;
@@ -190,7 +219,8 @@ fn collect_fields<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Res
         if slot.is_some() {
             return Err(PublishError::DuplicateField(name.to_owned()));
         }
-        *slot = Some(std::str::from_utf8(value).map_err(|_| PublishError::NotUtf8(name.to_owned()))?);
+        *slot =
+            Some(std::str::from_utf8(value).map_err(|_| PublishError::NotUtf8(name.to_owned()))?);
     }
     Ok(raw)
 }
@@ -204,16 +234,25 @@ fn event_data(event: &str, data: Option<&str>, args: Option<&str>) -> Result<Str
     match (data, args) {
         (Some(_), Some(_)) => return Err(PublishError::Conflicting("data", "args")),
         (Some(data), None) => {
-            let value: &RawValue = serde_json::from_str(data)
-                .map_err(|e| PublishError::InvalidJson { field: "data", error: e.to_string() })?;
+            let value: &RawValue =
+                serde_json::from_str(data).map_err(|e| PublishError::InvalidJson {
+                    field: "data",
+                    error: e.to_string(),
+                })?;
             out.push(',');
             out.push_str(value.get());
         }
         (None, Some(args)) => {
-            let value: &RawValue = serde_json::from_str(args)
-                .map_err(|e| PublishError::InvalidJson { field: "args", error: e.to_string() })?;
-            let list: Vec<&RawValue> = serde_json::from_str(value.get())
-                .map_err(|_| PublishError::WrongType { field: "args", expected: "a JSON array" })?;
+            let value: &RawValue =
+                serde_json::from_str(args).map_err(|e| PublishError::InvalidJson {
+                    field: "args",
+                    error: e.to_string(),
+                })?;
+            let list: Vec<&RawValue> =
+                serde_json::from_str(value.get()).map_err(|_| PublishError::WrongType {
+                    field: "args",
+                    expected: "a JSON array",
+                })?;
             for arg in list {
                 out.push(',');
                 out.push_str(arg.get());
@@ -227,14 +266,23 @@ fn event_data(event: &str, data: Option<&str>, args: Option<&str>) -> Result<Str
 
 fn room_list(field: &'static str, json: &str) -> Result<Vec<String>, PublishError> {
     let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| PublishError::InvalidJson { field, error: e.to_string() })?;
+        serde_json::from_str(json).map_err(|e| PublishError::InvalidJson {
+            field,
+            error: e.to_string(),
+        })?;
     let serde_json::Value::Array(items) = value else {
-        return Err(PublishError::WrongType { field, expected: "a JSON array of room names" });
+        return Err(PublishError::WrongType {
+            field,
+            expected: "a JSON array of room names",
+        });
     };
     let mut rooms: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
         let serde_json::Value::String(room) = item else {
-            return Err(PublishError::WrongType { field, expected: "a JSON array of room names" });
+            return Err(PublishError::WrongType {
+                field,
+                expected: "a JSON array of room names",
+            });
         };
         validate_room(&room).map_err(|error| PublishError::InvalidRoom { field, error })?;
         if !rooms.contains(&room) {
@@ -249,22 +297,36 @@ fn is_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let lens = [2, 32, 16, 2];
     parts.len() == 4
-        && parts.iter().zip(lens).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        && parts.iter().zip(lens).all(|(p, n)| {
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: PublishLimits = PublishLimits { max_entry_bytes: 1024 };
+    const LIMITS: PublishLimits = PublishLimits {
+        max_entry_bytes: 1024,
+    };
 
     fn parse(fields: &[(&str, &str)]) -> Result<PublishRequest, PublishError> {
-        PublishRequest::parse(fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())), LIMITS)
+        PublishRequest::parse(
+            fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            LIMITS,
+        )
     }
 
     #[test]
     fn minimal_room_event() {
-        let req = parse(&[("room", "chat:42"), ("event", "message"), ("data", r#"{"text":"hi"}"#)]).expect("valid");
+        let req = parse(&[
+            ("room", "chat:42"),
+            ("event", "message"),
+            ("data", r#"{"text":"hi"}"#),
+        ])
+        .expect("valid");
         assert_eq!(req.nsp, "/");
         assert_eq!(req.data, r#"["message",{"text":"hi"}]"#);
         assert_eq!(req.target, Target::Rooms(vec!["chat:42".into()]));
@@ -279,7 +341,10 @@ mod tests {
             ("rooms", r#"["a","b","a"]"#),
             ("except", r#"["banned"]"#),
             ("nsp", "/admin"),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
         ])
         .expect("valid");
         assert_eq!(req.data, r#"["e\"q",1,"two",{"3":[3]}]"#);
@@ -305,8 +370,14 @@ mod tests {
             (&[("event", "e"), ("data", "{nope")], "invalid_json"),
             (&[("event", "e"), ("args", "{}")], "wrong_type"),
             (&[("event", "e"), ("args", "[1")], "invalid_json"),
-            (&[("event", "e"), ("data", "1"), ("args", "[1]")], "conflicting_fields"),
-            (&[("event", "e"), ("room", "a"), ("rooms", "[\"b\"]")], "conflicting_fields"),
+            (
+                &[("event", "e"), ("data", "1"), ("args", "[1]")],
+                "conflicting_fields",
+            ),
+            (
+                &[("event", "e"), ("room", "a"), ("rooms", "[\"b\"]")],
+                "conflicting_fields",
+            ),
             (&[("event", "e"), ("rooms", "[]")], "wrong_type"),
             (&[("event", "e"), ("rooms", "[1]")], "wrong_type"),
             (&[("event", "e"), ("rooms", "\"a\"")], "wrong_type"),
@@ -315,7 +386,10 @@ mod tests {
             (&[("event", "e"), ("nsp", "admin")], "invalid_namespace"),
             (&[("event", "e"), ("romm", "a")], "unknown_field"),
             (&[("event", "e"), ("event", "f")], "duplicate_field"),
-            (&[("event", "e"), ("traceparent", "x")], "invalid_traceparent"),
+            (
+                &[("event", "e"), ("traceparent", "x")],
+                "invalid_traceparent",
+            ),
             (&[("event", "e"), ("data", &"x".repeat(2000))], "oversized"),
         ];
         for (fields, reason) in cases {

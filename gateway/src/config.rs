@@ -1,0 +1,202 @@
+//! `roomcast-gateway` settings: every one a flag with an env-var equivalent and a stated default.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use roomcast_shared::{
+    config::{RedisArgs, TelemetryArgs, parse_millis, parse_positive},
+    wire::validate_namespace,
+};
+
+/// Roomcast gateway: holds Socket.IO client connections and delivers room events from Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "roomcast-gateway", version, about)]
+pub struct GatewayConfig {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+
+    /// Address to listen on for Socket.IO (`/socket.io/`), `/healthz` and `/readyz`.
+    #[arg(
+        long = "listen-addr",
+        env = "LISTEN_ADDR",
+        value_name = "LISTEN_ADDR",
+        default_value = "0.0.0.0:3000"
+    )]
+    pub listen_addr: SocketAddr,
+
+    /// Milliseconds between Engine.IO pings.
+    #[arg(long = "ping-interval", env = "WEBSOCKET_PING_INTERVAL", value_name = "WEBSOCKET_PING_INTERVAL", default_value = "25000", value_parser = parse_millis)]
+    pub ping_interval: Duration,
+
+    /// Milliseconds to wait for a pong before the connection is considered dead.
+    #[arg(long = "ping-timeout", env = "WEBSOCKET_PING_TIMEOUT", value_name = "WEBSOCKET_PING_TIMEOUT", default_value = "60000", value_parser = parse_millis)]
+    pub ping_timeout: Duration,
+
+    /// Milliseconds a polling→websocket upgrade may take.
+    #[arg(long = "upgrade-timeout", env = "WEBSOCKET_UPGRADE_TIMEOUT", value_name = "WEBSOCKET_UPGRADE_TIMEOUT", default_value = "10000", value_parser = parse_millis)]
+    pub upgrade_timeout: Duration,
+
+    /// Largest message a client may send, in bytes (Engine.IO `maxPayload`).
+    #[arg(long = "max-payload", env = "MAX_PAYLOAD", value_name = "MAX_PAYLOAD", default_value = "1000000", value_parser = parse_positive)]
+    pub max_payload: usize,
+
+    /// Most client connections this gateway holds; the next one gets a `connect_error`
+    /// ("server full") and is counted.
+    #[arg(long = "max-connections", env = "MAX_CONNECTIONS", value_name = "MAX_CONNECTIONS", default_value = "1000", value_parser = parse_positive)]
+    pub max_connections: usize,
+
+    /// Transports clients may use, comma-separated: `websocket`, `polling`.
+    #[arg(long = "transports", env = "TRANSPORTS", value_name = "TRANSPORTS", default_value = "websocket,polling", value_parser = parse_transports)]
+    pub transports: Transports,
+
+    /// Milliseconds a client has to connect to a namespace after its Engine.IO handshake.
+    #[arg(long = "connect-timeout", env = "CONNECT_TIMEOUT", value_name = "CONNECT_TIMEOUT", default_value = "45000", value_parser = parse_millis)]
+    pub connect_timeout: Duration,
+
+    /// Outgoing packets queued per connection before the client counts as a slow consumer and
+    /// is disconnected.
+    #[arg(long = "max-buffered-packets", env = "MAX_BUFFERED_PACKETS", value_name = "MAX_BUFFERED_PACKETS", default_value = "1024", value_parser = parse_positive)]
+    pub max_buffered_packets: usize,
+
+    /// Namespaces clients may connect to, comma-separated.
+    #[arg(long = "namespaces", env = "NAMESPACES", value_name = "NAMESPACES", default_value = "/", value_delimiter = ',', value_parser = parse_namespace)]
+    pub namespaces: Vec<String>,
+
+    /// This gateway's id in Redis membership keys; unique per pod. Default: hostname plus a
+    /// random suffix.
+    #[arg(long = "gateway-id", env = "GATEWAY_ID", value_name = "GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+
+    /// Milliseconds between liveness heartbeats in Redis.
+    #[arg(long = "heartbeat-interval", env = "HEARTBEAT_INTERVAL_MS", value_name = "HEARTBEAT_INTERVAL_MS", default_value = "5000", value_parser = parse_millis)]
+    pub heartbeat_interval: Duration,
+
+    /// Milliseconds without a heartbeat after which a gateway counts as dead and its room
+    /// memberships are removed by the others.
+    #[arg(long = "gateway-ttl", env = "GATEWAY_TTL_MS", value_name = "GATEWAY_TTL_MS", default_value = "15000", value_parser = parse_millis)]
+    pub gateway_ttl: Duration,
+
+    /// Milliseconds a `join` may wait for its Redis subscription before it is refused
+    /// (the inter-server request timeout).
+    #[arg(long = "request-timeout", env = "REQUEST_TIMEOUT_MS", value_name = "REQUEST_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    pub request_timeout: Duration,
+
+    /// Most rooms one socket may be in.
+    #[arg(long = "max-rooms-per-socket", env = "MAX_ROOMS_PER_SOCKET", value_name = "MAX_ROOMS_PER_SOCKET", default_value = "100", value_parser = parse_positive)]
+    pub max_rooms_per_socket: usize,
+
+    /// Milliseconds to finish shutting down after SIGTERM before exiting anyway.
+    #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT_MS", value_name = "SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Which Engine.IO transports are enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    pub websocket: bool,
+    pub polling: bool,
+}
+
+fn parse_transports(s: &str) -> Result<Transports, String> {
+    let mut t = Transports {
+        websocket: false,
+        polling: false,
+    };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "websocket" => t.websocket = true,
+            "polling" => t.polling = true,
+            other => {
+                return Err(format!(
+                    "unknown transport `{other}` (expected websocket, polling)"
+                ));
+            }
+        }
+    }
+    if !t.websocket && !t.polling {
+        return Err("at least one transport is required".into());
+    }
+    Ok(t)
+}
+
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    validate_namespace(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+impl GatewayConfig {
+    /// The configured gateway id, or `<hostname>-<random>`.
+    pub fn resolved_gateway_id(&self) -> String {
+        self.gateway_id.clone().unwrap_or_else(|| {
+            let host = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "gateway".into());
+            format!("{host}-{:08x}", rand::random::<u32>())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design_notes() {
+        let c = GatewayConfig::try_parse_from(["gw"]).expect("defaults parse");
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:3000");
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.ping_timeout, Duration::from_secs(60));
+        assert_eq!(c.upgrade_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 1000);
+        assert_eq!(
+            c.transports,
+            Transports {
+                websocket: true,
+                polling: true
+            }
+        );
+        assert_eq!(c.namespaces, vec!["/".to_owned()]);
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (args, name) in [
+            (&["gw", "--max-connections", "0"][..], "MAX_CONNECTIONS"),
+            (
+                &["gw", "--ping-interval", "soon"][..],
+                "WEBSOCKET_PING_INTERVAL",
+            ),
+            (&["gw", "--transports", "carrier-pigeon"][..], "TRANSPORTS"),
+            (&["gw", "--namespaces", "/,admin"][..], "NAMESPACES"),
+            (&["gw", "--listen-addr", "nowhere"][..], "LISTEN_ADDR"),
+        ] {
+            let err = GatewayConfig::try_parse_from(args).expect_err("refused");
+            assert!(err.to_string().contains(name), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn lists_parse() {
+        let c = GatewayConfig::try_parse_from([
+            "gw",
+            "--transports",
+            "polling",
+            "--namespaces",
+            "/,/admin",
+        ])
+        .expect("parses");
+        assert_eq!(
+            c.transports,
+            Transports {
+                websocket: false,
+                polling: true
+            }
+        );
+        assert_eq!(c.namespaces, vec!["/".to_owned(), "/admin".to_owned()]);
+    }
+}

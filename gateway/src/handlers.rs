@@ -1,0 +1,160 @@
+//! The gateway's Socket.IO application: namespace connect, `join`/`leave`/`whoami`, and the
+//! clean-up when a socket goes away.
+
+use std::{sync::Arc, time::Duration};
+
+use roomcast_shared::wire::{KeySpace, validate_room};
+use serde_json::{Value, json};
+
+use crate::{
+    rooms::LocalRooms,
+    sio::{Event, HandlerFuture, SioApp, SioSocket},
+};
+
+pub(crate) struct Gateway {
+    pub(crate) rooms: Arc<LocalRooms>,
+    pub(crate) keys: KeySpace,
+    pub(crate) gateway_id: Arc<str>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_rooms_per_socket: usize,
+}
+
+fn refusal(error: impl std::fmt::Display) -> Value {
+    json!([{ "ok": false, "error": error.to_string() }])
+}
+
+impl Gateway {
+    fn room_channel(&self, socket: &SioSocket, room: &str) -> String {
+        self.keys.room(socket.nsp(), room).into_channel()
+    }
+
+    fn join(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture> {
+        let ack = event.ack;
+        let room: Arc<str> = match event.args.first() {
+            Some(Value::String(room)) => match validate_room(room) {
+                Ok(()) => room.as_str().into(),
+                Err(error) => return reply(socket, ack, refusal(error)),
+            },
+            _ => return reply(socket, ack, refusal("room must be a non-empty string")),
+        };
+        let channel = self.room_channel(socket, &room);
+        let generation = if socket.add_room(&room) {
+            if socket.room_count() > self.max_rooms_per_socket {
+                socket.remove_room(&room);
+                return reply(
+                    socket,
+                    ack,
+                    refusal(format!(
+                        "too many rooms (max {})",
+                        self.max_rooms_per_socket
+                    )),
+                );
+            }
+            self.rooms.add(&channel, socket)
+        } else {
+            // Already a member; still wait in case an earlier join's subscription is in flight.
+            self.rooms.generation()
+        };
+        let rooms = self.rooms.clone();
+        let socket = socket.clone();
+        let timeout = self.request_timeout;
+        Some(Box::pin(async move {
+            // The ack promises delivery: only send it once Redis knows we hold the room.
+            if tokio::time::timeout(timeout, rooms.wait_applied(generation))
+                .await
+                .is_ok()
+            {
+                if let Some(id) = ack {
+                    socket.ack(id, &json!([{ "ok": true }]));
+                }
+                return;
+            }
+            tracing::warn!(sid = %socket.id(), room = %room, "join not confirmed by Redis in time");
+            if socket.remove_room(&room) {
+                rooms.remove(&channel, socket.id());
+            }
+            if let Some(id) = ack {
+                socket.ack(
+                    id,
+                    &refusal(format!(
+                        "unavailable: room subscription not confirmed within {} ms",
+                        timeout.as_millis()
+                    )),
+                );
+            }
+        }))
+    }
+
+    fn leave(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture> {
+        let room = match event.args.first() {
+            Some(Value::String(room)) => match validate_room(room) {
+                Ok(()) => room,
+                Err(error) => return reply(socket, event.ack, refusal(error)),
+            },
+            _ => {
+                return reply(
+                    socket,
+                    event.ack,
+                    refusal("room must be a non-empty string"),
+                );
+            }
+        };
+        if socket.remove_room(room) {
+            self.rooms
+                .remove(&self.room_channel(socket, room), socket.id());
+        }
+        reply(socket, event.ack, json!([{ "ok": true }]))
+    }
+
+    fn whoami(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture> {
+        let rooms: Vec<String> = socket.rooms().iter().map(|r| r.to_string()).collect();
+        reply(
+            socket,
+            event.ack,
+            json!([{ "gateway": &*self.gateway_id, "sid": &**socket.id(), "nsp": &**socket.nsp(), "rooms": rooms }]),
+        )
+    }
+}
+
+/// Acks right away (if the client asked) with nothing left to wait for.
+fn reply(socket: &SioSocket, ack: Option<u64>, args: Value) -> Option<HandlerFuture> {
+    if let Some(id) = ack {
+        socket.ack(id, &args);
+    }
+    None
+}
+
+impl SioApp for Gateway {
+    async fn connect(&self, socket: &Arc<SioSocket>, _auth: Value) -> Result<(), String> {
+        let channel = self.keys.namespace(socket.nsp()).into_channel();
+        let generation = self.rooms.add(&channel, socket);
+        // Like a join: the client may publish-and-expect right after `connect`.
+        if tokio::time::timeout(self.request_timeout, self.rooms.wait_applied(generation))
+            .await
+            .is_err()
+        {
+            self.rooms.remove(&channel, socket.id());
+            return Err("unavailable: gateway cannot reach Redis".into());
+        }
+        Ok(())
+    }
+
+    fn event(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture> {
+        match event.name.as_str() {
+            "join" => self.join(socket, event),
+            "leave" => self.leave(socket, event),
+            "whoami" => self.whoami(socket, event),
+            _ => None,
+        }
+    }
+
+    fn disconnect(&self, socket: &Arc<SioSocket>, reason: &'static str) {
+        tracing::debug!(sid = %socket.id(), reason, "socket disconnected");
+        for room in socket.take_rooms() {
+            self.rooms
+                .remove(&self.room_channel(socket, &room), socket.id());
+        }
+        self.rooms
+            .remove(self.keys.namespace(socket.nsp()).channel(), socket.id());
+    }
+}

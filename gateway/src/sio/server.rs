@@ -1,0 +1,330 @@
+//! The Socket.IO v5 server on top of engineioxide: one task per Engine.IO connection processes
+//! its packets strictly in arrival order, so an event sent right after `connect` is never lost
+//! while the namespace connect is still being set up (a known socketioxide 0.18 race).
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use engineioxide::{DisconnectReason, Str, handler::EngineIoHandler};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use super::{
+    packet::{self, Packet, PacketError, PacketType},
+    socket::{ConnData, EngineSocket, Inbound, SioSocket, new_socket_id},
+};
+
+/// Packets a connection may have queued before its task reads them; a client that outruns
+/// this is flooding and is disconnected.
+const INBOX_CAPACITY: usize = 128;
+/// Event handlers still running (e.g. joins waiting for a subscription) per connection; past it
+/// the connection stops reading until one finishes.
+const MAX_PENDING_HANDLERS: usize = 32;
+
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// An event received from a client.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) name: String,
+    pub(crate) args: Vec<Value>,
+    #[expect(
+        dead_code,
+        reason = "no gateway event takes binary arguments yet; the protocol layer still assembles them"
+    )]
+    pub(crate) binaries: Vec<Bytes>,
+    /// Set when the client asked for an acknowledgement.
+    pub(crate) ack: Option<u64>,
+}
+
+/// What the application does with sockets. The protocol layer calls it in packet order.
+pub(crate) trait SioApp: Send + Sync + 'static {
+    /// Admits a socket to its namespace, or refuses it with the message the client's
+    /// `connect_error` shows. Called before the CONNECT reply is written.
+    fn connect(
+        &self,
+        socket: &Arc<SioSocket>,
+        auth: Value,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Handles an event. Work that must wait (e.g. for Redis) is returned as a future, which the
+    /// connection polls without blocking the next packets.
+    fn event(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture>;
+    /// The socket left its namespace (client request, connection closed, or server shutdown).
+    fn disconnect(&self, socket: &Arc<SioSocket>, reason: &'static str);
+}
+
+/// Protocol-level settings.
+#[derive(Debug, Clone)]
+pub(crate) struct SioConfig {
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) max_connections: usize,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// The Engine.IO handler; cheap to clone (engineioxide's layer wants `Clone`).
+pub(crate) struct SioServer<A> {
+    app: Arc<A>,
+    config: Arc<SioConfig>,
+    connections: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl<A> Clone for SioServer<A> {
+    fn clone(&self) -> Self {
+        Self {
+            app: self.app.clone(),
+            config: self.config.clone(),
+            connections: self.connections.clone(),
+            shutdown: self.shutdown.clone(),
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
+impl<A> std::fmt::Debug for SioServer<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SioServer")
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: SioApp> SioServer<A> {
+    /// `shutdown` closes every connection; `tracker` tracks the per-connection tasks so the
+    /// caller can wait for their clean-up.
+    pub(crate) fn new(
+        app: Arc<A>,
+        config: SioConfig,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            app,
+            config: Arc::new(config),
+            connections: Arc::default(),
+            shutdown,
+            tracker,
+        }
+    }
+}
+
+impl<A: SioApp> EngineIoHandler for SioServer<A> {
+    type Data = ConnData;
+
+    fn on_connect(self: Arc<Self>, engine: Arc<EngineSocket>) {
+        let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        // The connection is still accepted at the Engine.IO level so the client gets a readable
+        // `connect_error` on its namespace CONNECT instead of an opaque transport failure.
+        let refused = open > self.config.max_connections;
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        if engine.data.inbox.set(tx).is_err() {
+            tracing::error!(sid = %engine.id, "engine connection initialised twice");
+            return;
+        }
+        let span =
+            tracing::info_span!("conn", eio = %engine.id, transport = ?engine.transport_type());
+        let conn = Connection {
+            app: self.app.clone(),
+            config: self.config.clone(),
+            engine,
+            refused,
+            sockets: HashMap::new(),
+            pending_binary: None,
+            handlers: FuturesUnordered::new(),
+        };
+        self.tracker
+            .spawn(conn.run(rx, self.shutdown.clone()).instrument(span));
+    }
+
+    fn on_disconnect(&self, engine: Arc<EngineSocket>, reason: DisconnectReason) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(eio = %engine.id, ?reason, "engine connection closed");
+    }
+
+    fn on_message(self: &Arc<Self>, msg: Str, engine: Arc<EngineSocket>) {
+        forward(&engine, Inbound::Text(msg));
+    }
+
+    fn on_binary(self: &Arc<Self>, data: Bytes, engine: Arc<EngineSocket>) {
+        forward(&engine, Inbound::Binary(data));
+    }
+}
+
+fn forward(engine: &EngineSocket, item: Inbound) {
+    let Some(inbox) = engine.data.inbox.get() else {
+        return;
+    };
+    if let Err(mpsc::error::TrySendError::Full(_)) = inbox.try_send(item) {
+        tracing::warn!(eio = %engine.id, "client sends faster than it is served, closing");
+        engine.close(DisconnectReason::PacketParsingError);
+    }
+}
+
+/// Owns one Engine.IO connection: its namespace sockets and a binary packet being assembled.
+struct Connection<A> {
+    app: Arc<A>,
+    config: Arc<SioConfig>,
+    engine: Arc<EngineSocket>,
+    refused: bool,
+    sockets: HashMap<String, Arc<SioSocket>>,
+    pending_binary: Option<(Packet, Vec<Bytes>)>,
+    handlers: FuturesUnordered<HandlerFuture>,
+}
+
+impl<A: SioApp> Connection<A> {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        let connect_deadline = tokio::time::sleep(self.config.connect_timeout);
+        tokio::pin!(connect_deadline);
+        let engine = self.engine.clone();
+        let reason = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    engine.close(DisconnectReason::ClosingServer);
+                    break "server shutting down";
+                }
+                _ = engine.closed() => break "transport close",
+                _ = &mut connect_deadline, if self.sockets.is_empty() => {
+                    tracing::debug!("no namespace connected in time, closing");
+                    engine.close(DisconnectReason::TransportClose);
+                    break "connect timeout";
+                }
+                Some(()) = self.handlers.next(), if !self.handlers.is_empty() => {}
+                item = inbox.recv(), if self.handlers.len() < MAX_PENDING_HANDLERS => {
+                    let Some(item) = item else { break "transport close" };
+                    if let Err(error) = self.handle(item).await {
+                        tracing::warn!(%error, "malformed packet from client, closing its connection");
+                        engine.close(DisconnectReason::PacketParsingError);
+                        break "parse error";
+                    }
+                }
+            }
+        };
+        for (_, socket) in self.sockets.drain() {
+            self.app.disconnect(&socket, reason);
+        }
+    }
+
+    async fn handle(&mut self, item: Inbound) -> Result<(), PacketError> {
+        match item {
+            Inbound::Text(text) => {
+                if self.pending_binary.is_some() {
+                    return Err(PacketError::UnexpectedBinary);
+                }
+                let packet = Packet::parse(&text)?;
+                if packet.attachments > 0 {
+                    let count = packet.attachments;
+                    self.pending_binary = Some((packet, Vec::with_capacity(count)));
+                    Ok(())
+                } else {
+                    self.dispatch(packet, Vec::new()).await
+                }
+            }
+            Inbound::Binary(data) => {
+                let Some((packet, mut binaries)) = self.pending_binary.take() else {
+                    return Err(PacketError::UnexpectedBinary);
+                };
+                binaries.push(data);
+                if binaries.len() < packet.attachments {
+                    self.pending_binary = Some((packet, binaries));
+                    return Ok(());
+                }
+                if !packet.placeholders_valid(&binaries) {
+                    return Err(PacketError::WrongShape);
+                }
+                self.dispatch(packet, binaries).await
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, packet: Packet, binaries: Vec<Bytes>) -> Result<(), PacketError> {
+        match packet.kind {
+            PacketType::Connect => {
+                self.connect(packet.nsp, packet.data).await;
+                Ok(())
+            }
+            PacketType::Disconnect => {
+                if let Some(socket) = self.sockets.remove(&packet.nsp) {
+                    self.app.disconnect(&socket, "client namespace disconnect");
+                }
+                Ok(())
+            }
+            PacketType::Event | PacketType::BinaryEvent => {
+                let Some(socket) = self.sockets.get(&packet.nsp) else {
+                    // Node ignores events for a namespace the client is not connected to.
+                    tracing::debug!(nsp = %packet.nsp, "event for an unconnected namespace ignored");
+                    return Ok(());
+                };
+                let Value::Array(mut args) = packet.data else {
+                    return Err(PacketError::WrongShape);
+                };
+                let Value::String(name) = args.remove(0) else {
+                    return Err(PacketError::WrongShape);
+                };
+                let event = Event {
+                    name,
+                    args,
+                    binaries,
+                    ack: packet.id,
+                };
+                if let Some(fut) = self.app.event(socket, event) {
+                    self.handlers.push(fut);
+                }
+                Ok(())
+            }
+            // The gateway never asks clients for acknowledgements.
+            PacketType::Ack | PacketType::BinaryAck => Ok(()),
+            PacketType::ConnectError => Err(PacketError::NotFromClient(PacketType::ConnectError)),
+        }
+    }
+
+    async fn connect(&mut self, nsp: String, auth: Value) {
+        if self.refused {
+            let msg = format!(
+                "server full: MAX_CONNECTIONS ({}) reached",
+                self.config.max_connections
+            );
+            self.send(packet::encode_connect_error(&nsp, &msg));
+            return;
+        }
+        if !self.config.namespaces.iter().any(|n| *n == nsp) {
+            self.send(packet::encode_connect_error(&nsp, "Invalid namespace"));
+            return;
+        }
+        if let Some(existing) = self.sockets.get(&nsp) {
+            let reply = packet::encode_connect(&nsp, existing.id());
+            self.send(reply);
+            return;
+        }
+        let socket = Arc::new(SioSocket::new(
+            new_socket_id(),
+            nsp.as_str().into(),
+            self.engine.clone(),
+        ));
+        match self.app.connect(&socket, auth).await {
+            Ok(()) => {
+                tracing::debug!(sid = %socket.id(), nsp = %nsp, "socket connected");
+                self.send(packet::encode_connect(&nsp, socket.id()));
+                self.sockets.insert(nsp, socket);
+            }
+            Err(message) => self.send(packet::encode_connect_error(&nsp, &message)),
+        }
+    }
+
+    fn send(&self, text: String) {
+        // Failure means the client is gone or too slow; the engine reports the close itself.
+        let _ = self.engine.emit(text);
+    }
+}

@@ -1,0 +1,161 @@
+//! One client socket in one namespace: its id, its rooms and how packets reach its connection.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use engineioxide::{DisconnectReason, Str};
+use serde_json::Value;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::packet;
+
+/// Per-Engine.IO-connection data engineioxide keeps for us: the inbox of the task that owns
+/// the connection (see `server`).
+#[derive(Debug, Default)]
+pub(crate) struct ConnData {
+    pub(super) inbox: OnceLock<mpsc::Sender<Inbound>>,
+}
+
+/// What the engine hands to a connection's task, in arrival order.
+#[derive(Debug)]
+pub(super) enum Inbound {
+    Text(Str),
+    Binary(Bytes),
+}
+
+pub(crate) type EngineSocket = engineioxide::Socket<ConnData>;
+
+/// Why an outgoing packet did not reach the connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EmitError {
+    /// The queue was full: the client reads slower than we write. The connection was closed.
+    SlowConsumer,
+    /// The connection is already gone.
+    Closed,
+}
+
+/// A Socket.IO socket: one client in one namespace.
+#[derive(Debug)]
+pub(crate) struct SioSocket {
+    id: Arc<str>,
+    nsp: Arc<str>,
+    engine: Arc<EngineSocket>,
+    /// Rooms joined, by name. Small in practice, so a vector beats a set.
+    rooms: Mutex<Vec<Arc<str>>>,
+}
+
+impl SioSocket {
+    pub(super) fn new(id: Arc<str>, nsp: Arc<str>, engine: Arc<EngineSocket>) -> Self {
+        Self {
+            id,
+            nsp,
+            engine,
+            rooms: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    pub(crate) fn nsp(&self) -> &Arc<str> {
+        &self.nsp
+    }
+
+    /// Queues an already-encoded packet. The same `Str` is shared by every recipient of a
+    /// broadcast; cloning it only bumps a reference count.
+    pub(crate) fn emit(&self, packet: Str) -> Result<(), EmitError> {
+        match self.engine.emit(packet) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                // Dropping the packet silently would leave a gap the client never learns about;
+                // closing lets it reconnect cleanly.
+                tracing::warn!(sid = %self.id, "outgoing queue full, closing slow consumer");
+                self.engine.close(DisconnectReason::TransportError);
+                Err(EmitError::SlowConsumer)
+            }
+            Err(TrySendError::Closed(_)) => Err(EmitError::Closed),
+        }
+    }
+
+    /// Replies to a client's event that asked for an acknowledgement.
+    pub(crate) fn ack(&self, id: u64, args: &Value) {
+        // A failure here means the client is gone or slow; emit() already handled both.
+        let _ = self.emit(packet::encode_ack(&self.nsp, id, args, 0).into());
+    }
+
+    fn rooms_lock(&self) -> MutexGuard<'_, Vec<Arc<str>>> {
+        // A poisoned lock only means another thread panicked mid-update of a Vec push/remove;
+        // the data is still a valid list.
+        self.rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a joined room; false if the socket was already in it.
+    pub(crate) fn add_room(&self, room: &Arc<str>) -> bool {
+        let mut rooms = self.rooms_lock();
+        if rooms.iter().any(|r| r == room) {
+            return false;
+        }
+        rooms.push(room.clone());
+        true
+    }
+
+    /// Forgets a room; false if the socket was not in it.
+    pub(crate) fn remove_room(&self, room: &str) -> bool {
+        let mut rooms = self.rooms_lock();
+        let before = rooms.len();
+        rooms.retain(|r| &**r != room);
+        rooms.len() != before
+    }
+
+    pub(crate) fn rooms(&self) -> Vec<Arc<str>> {
+        self.rooms_lock().clone()
+    }
+
+    pub(crate) fn room_count(&self) -> usize {
+        self.rooms_lock().len()
+    }
+
+    pub(crate) fn take_rooms(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *self.rooms_lock())
+    }
+
+    /// Whether the socket is in any of `rooms` (the `except` list of a broadcast).
+    pub(crate) fn in_any(&self, rooms: &[String]) -> bool {
+        let mine = self.rooms_lock();
+        rooms.iter().any(|r| mine.iter().any(|m| **m == **r))
+    }
+}
+
+/// A new socket id: 20 characters of URL-safe base64 from 120 random bits, like Node's.
+pub(super) fn new_socket_id() -> Arc<str> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes: [u8; 15] = rand::random();
+    let mut out = String::with_capacity(20);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8) | u32::from(chunk[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids_are_20_url_safe_chars_and_unique() {
+        let a = new_socket_id();
+        let b = new_socket_id();
+        assert_eq!(a.len(), 20);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(a, b);
+    }
+}
