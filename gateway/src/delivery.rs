@@ -35,10 +35,10 @@ impl RecentIds {
         if self.set.contains(id) {
             return false;
         }
-        if self.order.len() == self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
+        if self.order.len() == self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
         }
         let id: Arc<str> = id.into();
         self.order.push_back(id.clone());
@@ -133,5 +133,99 @@ mod tests {
         assert!(r.first_sighting("3-0"));
         assert!(r.first_sighting("1-0"), "evicted ids are forgotten");
         assert_eq!(r.order.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use super::*;
+    use crate::sio::testing;
+    use roomcast_shared::wire::EnvelopeBody;
+
+    fn envelope(rooms: &[&str], except: &[&str], source_id: &str) -> Vec<u8> {
+        let body = EnvelopeBody {
+            source_id: source_id.into(),
+            nsp: "/".into(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            except: except.iter().map(|r| r.to_string()).collect(),
+            data: r#"["message",{"text":"hi"}]"#.into(),
+            published_at_ms: 1,
+            traceparent: None,
+        };
+        Envelope::encode(1, &body.encode().expect("encodes")).expect("encodes")
+    }
+
+    fn join(rooms: &LocalRooms, keys: &KeySpace, socket: &Arc<SioSocket>, room: &str) {
+        socket.add_room(&Arc::from(room));
+        rooms.add(keys.room("/", room).channel(), socket);
+    }
+
+    #[tokio::test]
+    async fn one_encoding_shared_by_every_recipient() {
+        let keys = KeySpace::new("p");
+        let rooms = Arc::new(LocalRooms::new());
+        let (mut a, mut b, mut outsider) = (
+            testing::socket("/"),
+            testing::socket("/"),
+            testing::socket("/"),
+        );
+        join(&rooms, &keys, &a.socket, "r");
+        join(&rooms, &keys, &b.socket, "r");
+        join(&rooms, &keys, &outsider.socket, "other");
+        let mut delivery = Delivery::new(rooms, keys.clone());
+        let out = delivery.deliver(keys.room("/", "r").channel(), &envelope(&["r"], &[], "1-0"));
+        assert_eq!(
+            out,
+            Delivered {
+                sockets: 2,
+                dropped: 0
+            }
+        );
+        let (pa, pb) = (a.drain().await, b.drain().await);
+        assert_eq!(pa.len(), 1);
+        assert_eq!(pa[0].as_str(), r#"2["message",{"text":"hi"}]"#);
+        assert_eq!(
+            pa[0].as_bytes().as_ptr(),
+            pb[0].as_bytes().as_ptr(),
+            "same buffer, not a copy per socket"
+        );
+        assert!(outsider.drain().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn multi_room_request_reaches_each_socket_once_and_honours_except() {
+        let keys = KeySpace::new("p");
+        let rooms = Arc::new(LocalRooms::new());
+        let (mut both, mut only_b, mut banned) = (
+            testing::socket("/"),
+            testing::socket("/"),
+            testing::socket("/"),
+        );
+        join(&rooms, &keys, &both.socket, "a");
+        join(&rooms, &keys, &both.socket, "b");
+        join(&rooms, &keys, &only_b.socket, "b");
+        join(&rooms, &keys, &banned.socket, "a");
+        join(&rooms, &keys, &banned.socket, "x");
+        let mut delivery = Delivery::new(rooms, keys.clone());
+        let env = envelope(&["a", "b"], &["x"], "7-0");
+        delivery.deliver(keys.room("/", "a").channel(), &env);
+        delivery.deliver(keys.room("/", "b").channel(), &env);
+        assert_eq!(both.drain().await.len(), 1);
+        assert_eq!(only_b.drain().await.len(), 1);
+        assert!(banned.drain().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn garbage_on_a_channel_is_dropped_without_delivery() {
+        let keys = KeySpace::new("p");
+        let rooms = Arc::new(LocalRooms::new());
+        let mut a = testing::socket("/");
+        join(&rooms, &keys, &a.socket, "r");
+        let mut delivery = Delivery::new(rooms, keys.clone());
+        assert_eq!(
+            delivery.deliver(keys.room("/", "r").channel(), b"not msgpack"),
+            Delivered::default()
+        );
+        assert!(a.drain().await.is_empty());
     }
 }

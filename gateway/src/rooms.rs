@@ -174,3 +174,67 @@ impl LocalRooms {
         f(&self.read().topics)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sio::testing;
+
+    #[tokio::test]
+    async fn changes_are_batched_with_counts_and_generations() {
+        let rooms = LocalRooms::new();
+        let a = testing::socket("/");
+        let b = testing::socket("/");
+        let g1 = rooms.add("ch:x", &a.socket);
+        let g2 = rooms.add("ch:x", &b.socket);
+        assert!(g2 > g1);
+        assert_eq!(
+            rooms.add("ch:x", &a.socket),
+            g2,
+            "re-adding changes nothing"
+        );
+        let changes = rooms.take_changes(false);
+        assert_eq!(changes.generation, g2);
+        assert_eq!(changes.topics, vec![(Arc::from("ch:x"), 2)]);
+        assert!(rooms.take_changes(false).topics.is_empty());
+
+        rooms.remove("ch:x", a.socket.id());
+        rooms.remove("ch:x", b.socket.id());
+        let changes = rooms.take_changes(false);
+        assert_eq!(
+            changes.topics,
+            vec![(Arc::from("ch:x"), 0)],
+            "last leave reports zero so the reconciler unsubscribes"
+        );
+        assert!(rooms.with_topics(HashMap::is_empty));
+    }
+
+    #[tokio::test]
+    async fn full_resync_lists_every_topic_and_pending_removals() {
+        let rooms = LocalRooms::new();
+        let a = testing::socket("/");
+        rooms.add("ch:x", &a.socket);
+        rooms.add("ch:y", &a.socket);
+        rooms.take_changes(false);
+        rooms.remove("ch:y", a.socket.id());
+        rooms.request_full_resync();
+        let mut topics = rooms.take_changes(false).topics;
+        topics.sort();
+        assert_eq!(topics, vec![(Arc::from("ch:x"), 1), (Arc::from("ch:y"), 0)]);
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_once_their_generation_is_applied() {
+        let rooms = Arc::new(LocalRooms::new());
+        let a = testing::socket("/");
+        let generation = rooms.add("ch:x", &a.socket);
+        let waiter = tokio::spawn({
+            let rooms = rooms.clone();
+            async move { rooms.wait_applied(generation).await }
+        });
+        rooms.mark_applied(generation - 1);
+        assert!(!waiter.is_finished());
+        rooms.mark_applied(generation);
+        waiter.await.expect("waiter finishes");
+    }
+}

@@ -6,3 +6,5 @@ mod socket;
 
 pub(crate) use server::{Event, HandlerFuture, SioApp, SioConfig, SioServer};
 pub(crate) use socket::SioSocket;
+#[cfg(test)]
+pub(crate) use socket::testing;

@@ -299,7 +299,7 @@ impl<A: SioApp> Connection<A> {
             self.send(packet::encode_connect_error(&nsp, &msg));
             return;
         }
-        if !self.config.namespaces.iter().any(|n| *n == nsp) {
+        if !self.config.namespaces.contains(&nsp) {
             self.send(packet::encode_connect_error(&nsp, "Invalid namespace"));
             return;
         }

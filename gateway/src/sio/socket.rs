@@ -159,3 +159,38 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+/// Test support: a socket whose connection records the packets written to it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use engineioxide::{Str, socket::Sid};
+
+    pub(crate) struct Recorded {
+        pub(crate) socket: Arc<SioSocket>,
+        rx: mpsc::Receiver<engineioxide::Packet>,
+    }
+
+    impl Recorded {
+        /// Text packets written so far. The dummy engine forwards packets from a task; on the
+        /// single-threaded test runtime one yield lets it forward everything queued.
+        pub(crate) async fn drain(&mut self) -> Vec<Str> {
+            tokio::task::yield_now().await;
+            let mut out = Vec::new();
+            while let Ok(p) = self.rx.try_recv() {
+                if let engineioxide::Packet::Message(s) = p {
+                    out.push(s);
+                }
+            }
+            out
+        }
+    }
+
+    pub(crate) fn socket(nsp: &str) -> Recorded {
+        let (engine, rx) = EngineSocket::new_dummy_piped(Sid::new(), Box::new(|_, _| {}), 64);
+        Recorded {
+            socket: Arc::new(SioSocket::new(new_socket_id(), nsp.into(), engine)),
+            rx,
+        }
+    }
+}

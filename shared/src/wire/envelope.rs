@@ -72,10 +72,10 @@ impl Envelope {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         // Check the version before the body so a newer format is reported as such, not as garbage.
-        if let [0x90..=0x9f, v @ 0..=0x7f, ..] = bytes {
-            if *v != ENVELOPE_VERSION {
-                return Err(EnvelopeError::UnsupportedVersion(*v));
-            }
+        if let [0x90..=0x9f, v @ 0..=0x7f, ..] = bytes
+            && *v != ENVELOPE_VERSION
+        {
+            return Err(EnvelopeError::UnsupportedVersion(*v));
         }
         Ok(rmp_serde::from_slice(bytes)?)
     }

@@ -182,10 +182,10 @@ impl PublishRequest {
             .transpose()?
             .unwrap_or_default();
 
-        if let Some(tp) = raw.traceparent {
-            if !is_traceparent(tp) {
-                return Err(PublishError::InvalidTraceparent);
-            }
+        if let Some(tp) = raw.traceparent
+            && !is_traceparent(tp)
+        {
+            return Err(PublishError::InvalidTraceparent);
         }
 
         Ok(Self {
