@@ -26,6 +26,9 @@ pub const MAX_EVENT_BYTES: usize = 256;
 pub struct PublishLimits {
     /// Largest accepted entry (sum of field names and values), in bytes.
     pub max_entry_bytes: usize,
+    /// Most target rooms in one request: each costs one sequencing call carrying the whole body,
+    /// so an entry with thousands of tiny room names would multiply into gigabytes of work.
+    pub max_rooms: usize,
 }
 
 /// Who receives a publish request.
@@ -90,6 +93,12 @@ pub enum PublishError {
     InvalidNamespace(NameError),
     #[error("field `traceparent` is not a W3C traceparent")]
     InvalidTraceparent,
+    #[error("field `{field}` lists {count} rooms, over the limit of {max}")]
+    TooManyRooms {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 impl PublishError {
@@ -108,6 +117,7 @@ impl PublishError {
             Self::InvalidRoom { .. } => "invalid_room",
             Self::InvalidNamespace(_) => "invalid_namespace",
             Self::InvalidTraceparent => "invalid_traceparent",
+            Self::TooManyRooms { .. } => "too_many_rooms",
         }
     }
 }
@@ -164,7 +174,7 @@ impl PublishRequest {
                 Target::Rooms(vec![room.to_owned()])
             }
             (None, Some(json)) => {
-                let rooms = room_list("rooms", json)?;
+                let rooms = room_list("rooms", json, limits.max_rooms)?;
                 if rooms.is_empty() {
                     // An empty list must not silently become a broadcast to everyone.
                     return Err(PublishError::WrongType {
@@ -178,7 +188,7 @@ impl PublishRequest {
         };
         let except = raw
             .except
-            .map(|json| room_list("except", json))
+            .map(|json| room_list("except", json, limits.max_rooms))
             .transpose()?
             .unwrap_or_default();
 
@@ -264,7 +274,7 @@ fn event_data(event: &str, data: Option<&str>, args: Option<&str>) -> Result<Str
     Ok(out)
 }
 
-fn room_list(field: &'static str, json: &str) -> Result<Vec<String>, PublishError> {
+fn room_list(field: &'static str, json: &str, max: usize) -> Result<Vec<String>, PublishError> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| PublishError::InvalidJson {
             field,
@@ -276,6 +286,13 @@ fn room_list(field: &'static str, json: &str) -> Result<Vec<String>, PublishErro
             expected: "a JSON array of room names",
         });
     };
+    if items.len() > max {
+        return Err(PublishError::TooManyRooms {
+            field,
+            count: items.len(),
+            max,
+        });
+    }
     let mut rooms: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
         let serde_json::Value::String(room) = item else {
@@ -310,6 +327,7 @@ mod tests {
 
     const LIMITS: PublishLimits = PublishLimits {
         max_entry_bytes: 1024,
+        max_rooms: 3,
     };
 
     fn parse(fields: &[(&str, &str)]) -> Result<PublishRequest, PublishError> {
@@ -391,6 +409,30 @@ mod tests {
                 "invalid_traceparent",
             ),
             (&[("event", "e"), ("data", &"x".repeat(2000))], "oversized"),
+            (
+                &[("event", "e"), ("rooms", r#"["a","b","c","d"]"#)],
+                "too_many_rooms",
+            ),
+            (
+                &[
+                    ("event", "e"),
+                    ("room", "a"),
+                    ("except", r#"["a","b","c","d"]"#),
+                ],
+                "too_many_rooms",
+            ),
+            (
+                &[("event", "e"), ("rooms", r#"["a","b","c","d"]"#)],
+                "too_many_rooms",
+            ),
+            (
+                &[
+                    ("event", "e"),
+                    ("room", "a"),
+                    ("except", r#"["a","b","c","d"]"#),
+                ],
+                "too_many_rooms",
+            ),
         ];
         for (fields, reason) in cases {
             let err = parse(fields).expect_err("must be refused");
