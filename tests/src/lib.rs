@@ -1,16 +1,18 @@
 //! Integration test harness shared by the Rust test suites: a real `redis-server` per test
 //! ([`RedisServer`]), waiting for conditions instead of sleeping ([`eventually`], [`within`]),
 //! a minimal HTTP GET for admin endpoints ([`http_get`]), the fanout run in-process
-//! ([`InProcessFanout`]) and a Redis-level stand-in for a gateway ([`FakeGateway`]).
+//! ([`InProcessFanout`]), the gateway run in-process ([`InProcessGateway`]) and a Redis-level stand-in for a gateway ([`FakeGateway`]).
 
 mod fake_gateway;
 mod fanout;
+mod gateway;
 mod http;
 mod redis_server;
 mod wait;
 
 pub use fake_gateway::FakeGateway;
 pub use fanout::InProcessFanout;
+pub use gateway::InProcessGateway;
 pub use http::http_get;
 pub use redis_server::RedisServer;
 pub use wait::{Check, DEADLINE, eventually, eventually_within, within};
