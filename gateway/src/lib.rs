@@ -6,7 +6,7 @@ mod delivery;
 mod handlers;
 mod membership;
 mod rooms;
-mod sio;
+pub mod sio;
 mod subscriptions;
 
 use std::{sync::Arc, time::Duration};

@@ -1,10 +1,12 @@
 //! Our Socket.IO v5 protocol layer on engineioxide (see docs/architecture.md for why we own it).
+//! Public so that other servers built from the same code (the protocol conformance server in
+//! `tests`) can use it with their own [`SioApp`].
 
 pub(crate) mod packet;
 mod server;
 mod socket;
 
-pub(crate) use server::{Event, HandlerFuture, SioApp, SioConfig, SioServer};
-pub(crate) use socket::SioSocket;
+pub use server::{Event, HandlerFuture, SioApp, SioConfig, SioServer};
 #[cfg(test)]
 pub(crate) use socket::testing;
+pub use socket::{ConnData, EngineSocket, SioSocket};

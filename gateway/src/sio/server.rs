@@ -33,24 +33,21 @@ const INBOX_CAPACITY: usize = 128;
 /// the connection stops reading until one finishes.
 const MAX_PENDING_HANDLERS: usize = 32;
 
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// An event received from a client.
 #[derive(Debug)]
-pub(crate) struct Event {
-    pub(crate) name: String,
-    pub(crate) args: Vec<Value>,
-    #[expect(
-        dead_code,
-        reason = "no gateway event takes binary arguments yet; the protocol layer still assembles them"
-    )]
-    pub(crate) binaries: Vec<Bytes>,
+pub struct Event {
+    pub name: String,
+    pub args: Vec<Value>,
+    /// Binary attachments, in placeholder order (`{"_placeholder":true,"num":n}` in `args`).
+    pub binaries: Vec<Bytes>,
     /// Set when the client asked for an acknowledgement.
-    pub(crate) ack: Option<u64>,
+    pub ack: Option<u64>,
 }
 
 /// What the application does with sockets. The protocol layer calls it in packet order.
-pub(crate) trait SioApp: Send + Sync + 'static {
+pub trait SioApp: Send + Sync + 'static {
     /// Admits a socket to its namespace, or refuses it with the message the client's
     /// `connect_error` shows. Called before the CONNECT reply is written.
     fn connect(
@@ -67,14 +64,14 @@ pub(crate) trait SioApp: Send + Sync + 'static {
 
 /// Protocol-level settings.
 #[derive(Debug, Clone)]
-pub(crate) struct SioConfig {
-    pub(crate) namespaces: Vec<String>,
-    pub(crate) max_connections: usize,
-    pub(crate) connect_timeout: Duration,
+pub struct SioConfig {
+    pub namespaces: Vec<String>,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
 }
 
 /// The Engine.IO handler; cheap to clone (engineioxide's layer wants `Clone`).
-pub(crate) struct SioServer<A> {
+pub struct SioServer<A> {
     app: Arc<A>,
     config: Arc<SioConfig>,
     connections: Arc<AtomicUsize>,
@@ -105,7 +102,7 @@ impl<A> std::fmt::Debug for SioServer<A> {
 impl<A: SioApp> SioServer<A> {
     /// `shutdown` closes every connection; `tracker` tracks the per-connection tasks so the
     /// caller can wait for their clean-up.
-    pub(crate) fn new(
+    pub fn new(
         app: Arc<A>,
         config: SioConfig,
         shutdown: CancellationToken,

@@ -12,7 +12,7 @@ use super::packet;
 /// Per-Engine.IO-connection data engineioxide keeps for us: the inbox of the task that owns
 /// the connection (see `server`).
 #[derive(Debug, Default)]
-pub(crate) struct ConnData {
+pub struct ConnData {
     pub(super) inbox: OnceLock<mpsc::Sender<Inbound>>,
 }
 
@@ -23,11 +23,11 @@ pub(super) enum Inbound {
     Binary(Bytes),
 }
 
-pub(crate) type EngineSocket = engineioxide::Socket<ConnData>;
+pub type EngineSocket = engineioxide::Socket<ConnData>;
 
 /// Why an outgoing packet did not reach the connection's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EmitError {
+pub enum EmitError {
     /// The queue was full: the client reads slower than we write. The connection was closed.
     SlowConsumer,
     /// The connection is already gone.
@@ -36,7 +36,7 @@ pub(crate) enum EmitError {
 
 /// A Socket.IO socket: one client in one namespace.
 #[derive(Debug)]
-pub(crate) struct SioSocket {
+pub struct SioSocket {
     id: Arc<str>,
     nsp: Arc<str>,
     engine: Arc<EngineSocket>,
@@ -54,17 +54,17 @@ impl SioSocket {
         }
     }
 
-    pub(crate) fn id(&self) -> &Arc<str> {
+    pub fn id(&self) -> &Arc<str> {
         &self.id
     }
 
-    pub(crate) fn nsp(&self) -> &Arc<str> {
+    pub fn nsp(&self) -> &Arc<str> {
         &self.nsp
     }
 
     /// Queues an already-encoded packet. The same `Str` is shared by every recipient of a
     /// broadcast; cloning it only bumps a reference count.
-    pub(crate) fn emit(&self, packet: Str) -> Result<(), EmitError> {
+    pub fn emit(&self, packet: Str) -> Result<(), EmitError> {
         match self.engine.emit(packet) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
@@ -79,7 +79,7 @@ impl SioSocket {
     }
 
     /// Replies to a client's event that asked for an acknowledgement.
-    pub(crate) fn ack(&self, id: u64, args: &Value) {
+    pub fn ack(&self, id: u64, args: &Value) {
         // A failure here means the client is gone or slow; emit() already handled both.
         let _ = self.emit(packet::encode_ack(&self.nsp, id, args, 0).into());
     }
@@ -93,7 +93,7 @@ impl SioSocket {
     }
 
     /// Records a joined room; false if the socket was already in it.
-    pub(crate) fn add_room(&self, room: &Arc<str>) -> bool {
+    pub fn add_room(&self, room: &Arc<str>) -> bool {
         let mut rooms = self.rooms_lock();
         if rooms.iter().any(|r| r == room) {
             return false;
@@ -103,27 +103,27 @@ impl SioSocket {
     }
 
     /// Forgets a room; false if the socket was not in it.
-    pub(crate) fn remove_room(&self, room: &str) -> bool {
+    pub fn remove_room(&self, room: &str) -> bool {
         let mut rooms = self.rooms_lock();
         let before = rooms.len();
         rooms.retain(|r| &**r != room);
         rooms.len() != before
     }
 
-    pub(crate) fn rooms(&self) -> Vec<Arc<str>> {
+    pub fn rooms(&self) -> Vec<Arc<str>> {
         self.rooms_lock().clone()
     }
 
-    pub(crate) fn room_count(&self) -> usize {
+    pub fn room_count(&self) -> usize {
         self.rooms_lock().len()
     }
 
-    pub(crate) fn take_rooms(&self) -> Vec<Arc<str>> {
+    pub fn take_rooms(&self) -> Vec<Arc<str>> {
         std::mem::take(&mut *self.rooms_lock())
     }
 
     /// Whether the socket is in any of `rooms` (the `except` list of a broadcast).
-    pub(crate) fn in_any(&self, rooms: &[String]) -> bool {
+    pub fn in_any(&self, rooms: &[String]) -> bool {
         let mine = self.rooms_lock();
         rooms.iter().any(|r| mine.iter().any(|m| **m == **r))
     }
