@@ -195,6 +195,22 @@ pub(crate) fn encode_ack(nsp: &str, id: u64, args: &Value, attachments: usize) -
     out
 }
 
+/// `2[<nsp>,]<args>` or, with attachments, `5<n>-[<nsp>,]<args>`: a server-initiated event whose
+/// arguments are a JSON array (binary arguments already replaced by placeholders).
+pub(crate) fn encode_event_value(nsp: &str, args: &Value, attachments: usize) -> String {
+    let mut out = String::new();
+    if attachments > 0 {
+        out.push('5');
+        out.push_str(&attachments.to_string());
+        out.push('-');
+    } else {
+        out.push('2');
+    }
+    nsp_prefix(&mut out, nsp);
+    out.push_str(&args.to_string());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +288,10 @@ mod tests {
             r#"33[{"ok":true}]"#
         );
         assert_eq!(encode_ack("/x", 3, &json!([]), 2), "62-/x,3[]");
+        assert_eq!(encode_event_value("/", &json!(["e"]), 0), r#"2["e"]"#);
+        assert_eq!(
+            encode_event_value("/c", &json!(["e", {"_placeholder": true, "num": 0}]), 1),
+            r#"51-/c,["e",{"_placeholder":true,"num":0}]"#
+        );
     }
 }

@@ -58,6 +58,8 @@ pub trait SioApp: Send + Sync + 'static {
     /// Handles an event. Work that must wait (e.g. for Redis) is returned as a future, which the
     /// connection polls without blocking the next packets.
     fn event(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture>;
+    /// Called right after the CONNECT reply was queued: the place for a server's first emits.
+    fn connected(&self, _socket: &Arc<SioSocket>) {}
     /// The socket left its namespace (client request, connection closed, or server shutdown).
     fn disconnect(&self, socket: &Arc<SioSocket>, reason: &'static str);
 }
@@ -314,6 +316,7 @@ impl<A: SioApp> Connection<A> {
             Ok(()) => {
                 tracing::debug!(sid = %socket.id(), nsp = %nsp, "socket connected");
                 self.send(packet::encode_connect(&nsp, socket.id()));
+                self.app.connected(&socket);
                 self.sockets.insert(nsp, socket);
             }
             Err(message) => self.send(packet::encode_connect_error(&nsp, &message)),

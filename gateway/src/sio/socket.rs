@@ -84,6 +84,35 @@ impl SioSocket {
         let _ = self.emit(packet::encode_ack(&self.nsp, id, args, 0).into());
     }
 
+    /// Acknowledges with binary attachments (`args` holds their placeholders).
+    pub fn ack_with_binaries(&self, id: u64, args: &Value, binaries: Vec<Bytes>) {
+        let text = packet::encode_ack(&self.nsp, id, args, binaries.len());
+        self.emit_with_binaries(text, binaries);
+    }
+
+    /// Emits a server-initiated event: `args` is the JSON array `["event", ...]`, with
+    /// placeholders for `binaries`, if any.
+    pub fn emit_event(&self, args: &Value, binaries: Vec<Bytes>) {
+        let text = packet::encode_event_value(&self.nsp, args, binaries.len());
+        self.emit_with_binaries(text, binaries);
+    }
+
+    /// Queues a text packet and its attachments as one unit, so no other packet lands between.
+    fn emit_with_binaries(&self, text: String, binaries: Vec<Bytes>) {
+        if binaries.is_empty() {
+            let _ = self.emit(text.into());
+            return;
+        }
+        match self.engine.reserve() {
+            Ok(permit) => permit.emit_many(text.into(), binaries.into()),
+            Err(TrySendError::Full(())) => {
+                tracing::warn!(sid = %self.id, "outgoing queue full, closing slow consumer");
+                self.engine.close(DisconnectReason::TransportError);
+            }
+            Err(TrySendError::Closed(())) => {}
+        }
+    }
+
     fn rooms_lock(&self) -> MutexGuard<'_, Vec<Arc<str>>> {
         // A poisoned lock only means another thread panicked mid-update of a Vec push/remove;
         // the data is still a valid list.
