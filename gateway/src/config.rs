@@ -67,7 +67,7 @@ pub struct GatewayConfig {
 
     /// This gateway's id in Redis membership keys; unique per pod. Default: hostname plus a
     /// random suffix.
-    #[arg(long = "gateway-id", env = "GATEWAY_ID", value_name = "GATEWAY_ID")]
+    #[arg(long = "gateway-id", env = "GATEWAY_ID", value_name = "GATEWAY_ID", value_parser = parse_gateway_id)]
     pub gateway_id: Option<String>,
 
     /// Milliseconds between liveness heartbeats in Redis.
@@ -122,6 +122,19 @@ fn parse_transports(s: &str) -> Result<Transports, String> {
     Ok(t)
 }
 
+fn parse_gateway_id(s: &str) -> Result<String, String> {
+    // The id is a hash field and part of a key's hash tag: keep it plain.
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1 to 128 letters, digits or '-_.:'".into())
+    }
+}
+
 fn parse_namespace(s: &str) -> Result<String, String> {
     let s = s.trim();
     validate_namespace(s).map_err(|e| e.to_string())?;
@@ -132,9 +145,18 @@ impl GatewayConfig {
     /// The configured gateway id, or `<hostname>-<random>`.
     pub fn resolved_gateway_id(&self) -> String {
         self.gateway_id.clone().unwrap_or_else(|| {
-            let host = hostname::get()
+            let host: String = hostname::get()
                 .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "gateway".into());
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(100)
+                .collect();
+            let host = if host.is_empty() {
+                "gateway".to_owned()
+            } else {
+                host
+            };
             format!("{host}-{:08x}", rand::random::<u32>())
         })
     }
@@ -174,6 +196,8 @@ mod tests {
             (&["gw", "--transports", "carrier-pigeon"][..], "TRANSPORTS"),
             (&["gw", "--namespaces", "/,admin"][..], "NAMESPACES"),
             (&["gw", "--listen-addr", "nowhere"][..], "LISTEN_ADDR"),
+            (&["gw", "--gateway-id", ""][..], "GATEWAY_ID"),
+            (&["gw", "--gateway-id", "a{b}"][..], "GATEWAY_ID"),
         ] {
             let err = GatewayConfig::try_parse_from(args).expect_err("refused");
             assert!(err.to_string().contains(name), "{args:?}: {err}");

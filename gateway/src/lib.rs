@@ -114,12 +114,13 @@ pub async fn run(
     {
         tracing::warn!("client connections did not close within SHUTDOWN_TIMEOUT_MS");
     }
-    if let Err(error) = membership::remove_gateway(&mut commands, &keys, &gateway_id).await {
-        tracing::warn!(%error, "could not remove this gateway's memberships; others will reap them");
-    }
+    // Stop the heartbeat and the reconciler first, so neither re-adds what we remove next.
     background_stop.cancel();
     background.close();
     background.wait().await;
+    if let Err(error) = membership::remove_gateway(&mut commands, &keys, &gateway_id).await {
+        tracing::warn!(%error, "could not remove this gateway's memberships; others will reap them");
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }

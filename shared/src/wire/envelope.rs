@@ -13,7 +13,11 @@ use thiserror::Error;
 pub const ENVELOPE_VERSION: u8 = 1;
 
 /// What a gateway needs to deliver one publish request to its local sockets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Decoding is lenient at the tail in both directions: fields missing at the end take their
+/// default, and fields appended by a newer writer are skipped, so either side of a rolling
+/// deploy can be upgraded first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvelopeBody {
     /// 0: id of the publish stream entry this came from; identical in every topic's copy.
     pub source_id: String,
@@ -50,6 +54,42 @@ pub enum EnvelopeError {
     Decode(#[from] rmp_serde::decode::Error),
     #[error("cannot encode envelope: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+}
+
+impl<'de> Deserialize<'de> for EnvelopeBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+            type Value = EnvelopeBody;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an envelope body array of at least 6 fields")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EnvelopeBody, A::Error> {
+                use serde::de::Error;
+                let missing = |i| A::Error::invalid_length(i, &self);
+                let body = EnvelopeBody {
+                    source_id: seq.next_element()?.ok_or_else(|| missing(0))?,
+                    nsp: seq.next_element()?.ok_or_else(|| missing(1))?,
+                    rooms: seq.next_element()?.ok_or_else(|| missing(2))?,
+                    except: seq.next_element()?.ok_or_else(|| missing(3))?,
+                    data: seq.next_element()?.ok_or_else(|| missing(4))?,
+                    published_at_ms: seq.next_element()?.ok_or_else(|| missing(5))?,
+                    traceparent: seq.next_element()?.flatten(),
+                };
+                // Fields a newer writer appended: skip them.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(body)
+            }
+        }
+
+        deserializer.deserialize_seq(BodyVisitor)
+    }
 }
 
 impl EnvelopeBody {
@@ -140,6 +180,17 @@ mod tests {
         let env = Envelope::decode(&bytes).expect("decodes");
         assert_eq!(env.body.traceparent, None);
         assert_eq!(env.body.data, "[]");
+    }
+
+    #[test]
+    fn newer_body_with_appended_fields_decodes() {
+        let mut body = rmp_serde::to_vec(&body()).expect("encodes");
+        // Grow the array from 7 to 9 fields: a future writer's additions.
+        assert_eq!(body[0], 0x97);
+        body[0] = 0x99;
+        body.extend_from_slice(&[0xa1, b'x', 0x2a]);
+        let env = Envelope::decode(&Envelope::encode(3, &body).expect("encodes")).expect("decodes");
+        assert_eq!(env.body, super::tests::body());
     }
 
     #[test]
