@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use redis::{Value, aio::ConnectionLike};
-use roomcast_shared::wire::{EnvelopeBody, KeySpace, PublishLimits, PublishRequest, Target, Topic};
+use roomcast_shared::wire::{
+    EnvelopeBody, KeySpace, PublishLimits, PublishRequest, StreamId, Target, Topic,
+};
 use tracing::{Span, debug, info_span};
 
 use crate::{
     stats::FanoutStats,
-    stream_id::StreamId,
     stream_reply::{Fields, StreamEntry},
 };
 
@@ -28,6 +29,10 @@ pub(crate) struct BatchContext {
     pub(crate) dead_stream: String,
     pub(crate) dead_letter_maxlen: usize,
     pub(crate) limits: PublishLimits,
+    /// Per-topic history cap (`HISTORY_MAX_LEN`).
+    pub(crate) history_max_len: usize,
+    /// History retention in ms (the recovery window); 0 = no history.
+    pub(crate) history_retention_ms: u64,
 }
 
 /// What remains to be executed for a batch.
@@ -174,13 +179,17 @@ impl Op {
             OpKind::Publish { topic, body } => {
                 pipe.cmd("EVALSHA")
                     .arg(sha)
-                    .arg(2)
+                    .arg(4)
                     .arg(topic.meta_key())
                     .arg(topic.members_key())
+                    .arg(topic.history_key())
+                    .arg(topic.hold_key())
                     .arg(topic.channel())
                     .arg(&*self.id)
-                    .arg(&**body);
-                body.len() + 3 * topic.channel().len() + 64
+                    .arg(&**body)
+                    .arg(ctx.history_max_len)
+                    .arg(ctx.history_retention_ms);
+                body.len() + 5 * topic.channel().len() + 96
             }
             OpKind::DeadLetter { fields, error, .. } => {
                 let cmd = pipe
@@ -281,6 +290,8 @@ pub(crate) mod tests {
                 max_entry_bytes: 4096,
                 max_rooms: 10,
             },
+            history_max_len: 100,
+            history_retention_ms: 60_000,
         }
     }
 

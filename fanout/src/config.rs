@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use roomcast_shared::config::{RedisArgs, TelemetryArgs, parse_millis, parse_positive};
+use roomcast_shared::config::{
+    RecoveryArgs, RedisArgs, TelemetryArgs, parse_millis, parse_positive,
+};
 
 /// Consumes the publish stream and sequences every request into its room and namespace topics.
 #[derive(Debug, Clone, Parser)]
@@ -14,6 +16,9 @@ pub struct FanoutConfig {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub recovery: RecoveryArgs,
 
     /// Address of the admin HTTP server (`/healthz`, `/readyz`). Default `0.0.0.0:9090`.
     #[arg(

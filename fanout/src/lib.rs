@@ -10,7 +10,6 @@ mod consumer;
 mod outage;
 mod settle;
 mod stats;
-mod stream_id;
 mod stream_reply;
 mod trim;
 
@@ -76,6 +75,9 @@ impl Fanout {
                 max_entry_bytes: config.max_publish_bytes,
                 max_rooms: config.max_publish_rooms,
             },
+            history_max_len: config.recovery.history_max_len,
+            history_retention_ms: u64::try_from(config.recovery.max_disconnection.as_millis())
+                .unwrap_or(u64::MAX),
         };
         if let Ok(addr) = admin.local_addr() {
             info!(%addr, "admin server listening");

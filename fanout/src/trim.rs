@@ -10,7 +10,8 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{outage::Outage, stats::FanoutStats, stream_id::StreamId};
+use crate::{outage::Outage, stats::FanoutStats};
+use roomcast_shared::wire::StreamId;
 
 #[derive(Debug, Error)]
 pub(crate) enum TrimError {

@@ -18,6 +18,27 @@ pub struct RedisArgs {
     pub key_prefix: String,
 }
 
+/// Connection state recovery, shared by both binaries (the fanout keeps history for the window,
+/// the gateway restores sessions within it).
+#[derive(Debug, Clone, Args)]
+pub struct RecoveryArgs {
+    /// How long a disconnected client can come back and recover its session, in milliseconds;
+    /// also how long each room keeps its history. 0 turns recovery off.
+    #[arg(long = "recovery-max-disconnection-ms", env = "RECOVERY_MAX_DISCONNECTION_MS", value_name = "RECOVERY_MAX_DISCONNECTION_MS", default_value = "120000", value_parser = parse_millis_or_zero)]
+    pub max_disconnection: Duration,
+
+    /// Most events each room keeps in its history (approximate); a client that missed more
+    /// than this gets a fresh session instead of a recovered one.
+    #[arg(long = "history-max-len", env = "HISTORY_MAX_LEN", value_name = "HISTORY_MAX_LEN", default_value = "1000", value_parser = parse_positive)]
+    pub history_max_len: usize,
+}
+
+impl RecoveryArgs {
+    pub fn enabled(&self) -> bool {
+        !self.max_disconnection.is_zero()
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {
@@ -64,6 +85,15 @@ pub fn parse_millis(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A duration given in whole milliseconds; 0 allowed (it means "off" where documented).
+pub fn parse_millis_or_zero(s: &str) -> Result<Duration, String> {
+    let ms: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of milliseconds"))?;
+    Ok(Duration::from_millis(ms))
+}
+
 /// A count greater than zero.
 pub fn parse_positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -99,6 +129,8 @@ mod tests {
         redis: RedisArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
+        #[command(flatten)]
+        recovery: RecoveryArgs,
     }
 
     #[test]
@@ -107,6 +139,12 @@ mod tests {
         assert_eq!(p.redis.url, "redis://127.0.0.1:6379");
         assert_eq!(p.redis.key_prefix, "socket.io");
         assert_eq!(p.telemetry.log_format, LogFormat::Text);
+        assert_eq!(p.recovery.max_disconnection, Duration::from_secs(120));
+        assert!(p.recovery.enabled());
+        assert_eq!(p.recovery.history_max_len, 1000);
+        let off =
+            Probe::try_parse_from(["x", "--recovery-max-disconnection-ms", "0"]).expect("0 is off");
+        assert!(!off.recovery.enabled());
     }
 
     #[test]

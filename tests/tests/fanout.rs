@@ -840,3 +840,98 @@ async fn readiness_follows_redis_and_delivery_resumes_after_a_restart() {
     let stats = fanout.stop().await.expect("clean shutdown");
     assert!(stats.redis_errors >= 1);
 }
+
+/// History for recovery: every sequenced envelope is also in `<topic>:hist` under its source
+/// entry id, byte for byte what was published, with the retention window as expiry; a topic
+/// nobody holds is recorded only while a `hold` key says a disconnected socket may come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_records_what_was_published_and_held_topics() {
+    let Setup {
+        redis,
+        mut conn,
+        keys,
+        stream,
+        mut gateway,
+    } = setup().await;
+    let held = keys.room("/", "held");
+    let recovering = keys.room("/", "recovering");
+    let nobody = keys.room("/", "nobody");
+    gateway.hold(&held).await.expect("holds");
+    let _: () = redis::cmd("SET")
+        .arg(recovering.hold_key())
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("SET hold");
+    let fanout = start_fanout(&redis, &["--recovery-max-disconnection-ms", "60000"]).await;
+
+    let ids = publish_many(&mut conn, &stream, "held", 3).await;
+    let mut published = Vec::new();
+    for _ in 0..3 {
+        published.push(gateway.next_envelope().await.1);
+    }
+    let recovering_id = xadd(
+        &mut conn,
+        &stream,
+        &fields(&[("room", "recovering"), ("event", "e")]),
+    )
+    .await;
+    let nobody_id = xadd(
+        &mut conn,
+        &stream,
+        &fields(&[("room", "nobody"), ("event", "e")]),
+    )
+    .await;
+    let group = fanout.group().to_owned();
+    eventually("all entries acknowledged", || {
+        let mut conn = conn.clone();
+        let (stream, group) = (stream.clone(), group.clone());
+        async move { pending(&mut conn, &stream, &group).await == 0 }
+    })
+    .await;
+
+    let history = xrange(&mut conn, &held.history_key(), "-", "+").await;
+    let history_ids: Vec<&String> = history.iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        history_ids,
+        ids.iter().collect::<Vec<_>>(),
+        "entry id = source entry id"
+    );
+    for ((_, fields), env) in history.iter().zip(&published) {
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields[0].0, b"e");
+        let stored = roomcast_shared::wire::Envelope::decode(&fields[0].1).expect("decodes");
+        assert_eq!(&stored, env, "history holds exactly what was published");
+    }
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(held.history_key())
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 0 && ttl <= 60_000,
+        "history expires after the window, got {ttl}"
+    );
+
+    let kept = xrange(&mut conn, &recovering.history_key(), "-", "+").await;
+    assert_eq!(
+        kept.len(),
+        1,
+        "a held-for-recovery topic keeps history without members"
+    );
+    assert_eq!(kept[0].0, recovering_id);
+    assert_eq!(
+        xlen(&mut conn, &nobody.history_key()).await,
+        0,
+        "nobody holds it: nothing kept"
+    );
+    let nobody_meta: bool = redis::cmd("EXISTS")
+        .arg(nobody.meta_key())
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(!nobody_meta, "and not sequenced ({nobody_id})");
+    fanout.stop().await.expect("clean shutdown");
+}

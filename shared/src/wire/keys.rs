@@ -42,6 +42,12 @@ impl KeySpace {
         format!("{}:gateway:{{{gateway_id}}}:topics", self.prefix)
     }
 
+    /// A disconnected socket's recovery session (msgpack `SessionRecord`, expires after the
+    /// recovery window); the hash tag is the private session id.
+    pub fn session(&self, pid: &str) -> String {
+        format!("{}:session:{{{pid}}}", self.prefix)
+    }
+
     /// The topic of one room in a namespace.
     pub fn room(&self, nsp: &str, room: &str) -> Topic {
         Topic {
@@ -87,6 +93,19 @@ impl Topic {
         format!("{}:members", self.base)
     }
 
+    /// Stream of the topic's recent envelopes for recovery and gap repair: entry id = the
+    /// publish entry id, field `e` = the envelope. Capped (`HISTORY_MAX_LEN`) and expiring
+    /// (`RECOVERY_MAX_DISCONNECTION_MS` after the last publish).
+    pub fn history_key(&self) -> String {
+        format!("{}:hist", self.base)
+    }
+
+    /// Set (with an expiry of one recovery window) while a disconnected socket may still recover
+    /// into this topic, so its history keeps being written even when no gateway holds it.
+    pub fn hold_key(&self) -> String {
+        format!("{}:hold", self.base)
+    }
+
     pub fn into_channel(self) -> String {
         self.base
     }
@@ -107,6 +126,9 @@ mod tests {
         assert_eq!(t.channel(), "socket.io:room:{/#chat:42}");
         assert_eq!(t.meta_key(), "socket.io:room:{/#chat:42}:meta");
         assert_eq!(t.members_key(), "socket.io:room:{/#chat:42}:members");
+        assert_eq!(t.history_key(), "socket.io:room:{/#chat:42}:hist");
+        assert_eq!(t.hold_key(), "socket.io:room:{/#chat:42}:hold");
+        assert_eq!(ks.session("abc"), "socket.io:session:{abc}");
         assert_eq!(ks.namespace("/admin").channel(), "socket.io:nsp:{/admin}");
     }
 
@@ -122,5 +144,7 @@ mod tests {
         let t = KeySpace::new("p").room("/", "a}b{c");
         assert_eq!(tag(t.channel()), tag(&t.meta_key()));
         assert_eq!(tag(t.channel()), tag(&t.members_key()));
+        assert_eq!(tag(t.channel()), tag(&t.history_key()));
+        assert_eq!(tag(t.channel()), tag(&t.hold_key()));
     }
 }

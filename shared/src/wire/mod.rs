@@ -8,11 +8,13 @@ pub mod envelope;
 pub mod keys;
 pub mod names;
 pub mod publish;
+pub mod stream_id;
 
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeBody, EnvelopeError};
 pub use keys::{KeySpace, Topic};
 pub use names::{NameError, validate_namespace, validate_room};
 pub use publish::{PublishError, PublishLimits, PublishRequest, Target};
+pub use stream_id::StreamId;
 
 /// The Lua script that atomically sequences one entry into one topic and publishes it.
 /// See `docs/redis-keys.md` for its keys and arguments.

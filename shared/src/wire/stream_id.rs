@@ -1,16 +1,17 @@
-//! Stream entry ids (`<ms>-<seq>`): parsing, ordering, and the id right after one (for trimming).
+//! Stream entry ids (`<ms>-<seq>`): parsing, ordering, and the id right after one. Publish entry
+//! ids are the identity of a message everywhere: idempotency key, history entry id, offset.
 
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct StreamId {
-    pub(crate) ms: u64,
-    pub(crate) seq: u64,
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
 }
 
 impl StreamId {
     /// Parses a complete id as Redis returns it; `None` for anything else.
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         let (ms, seq) = s.split_once('-')?;
         Some(Self {
             ms: ms.parse().ok()?,
@@ -19,7 +20,7 @@ impl StreamId {
     }
 
     /// The smallest id greater than this one (saturating at the largest id).
-    pub(crate) fn successor(self) -> Self {
+    pub fn successor(self) -> Self {
         match self.seq.checked_add(1) {
             Some(seq) => Self { ms: self.ms, seq },
             None => match self.ms.checked_add(1) {
