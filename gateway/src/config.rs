@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use roomcast_shared::{
-    config::{RedisArgs, TelemetryArgs, parse_millis, parse_positive},
+    config::{RecoveryArgs, RedisArgs, TelemetryArgs, parse_millis, parse_positive},
     wire::validate_namespace,
 };
 
@@ -17,6 +17,19 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub recovery: RecoveryArgs,
+
+    /// Skip connect middlewares for a recovered session, as Node's `skipMiddlewares` (the
+    /// session was admitted once already). Default true.
+    #[arg(long = "recovery-skip-middlewares", env = "RECOVERY_SKIP_MIDDLEWARES", value_name = "RECOVERY_SKIP_MIDDLEWARES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub recovery_skip_middlewares: bool,
+
+    /// Milliseconds between liveness probes (PING) of the Redis subscription connection; a probe
+    /// unanswered for as long triggers a resubscribe and a repair from history.
+    #[arg(long = "subscription-probe-interval", env = "SUBSCRIPTION_PROBE_INTERVAL_MS", value_name = "SUBSCRIPTION_PROBE_INTERVAL_MS", default_value = "5000", value_parser = parse_millis)]
+    pub subscription_probe_interval: Duration,
 
     /// Address to listen on for Socket.IO (`/socket.io/`), `/healthz` and `/readyz`.
     #[arg(

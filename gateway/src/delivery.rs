@@ -1,5 +1,6 @@
 //! Turns an envelope received on a topic channel into one Socket.IO packet and writes the same
-//! bytes to every local recipient.
+//! bytes to every local recipient. Keeps each topic's sequence contiguous: a duplicate is
+//! dropped, a gap is filled from the topic's history before the message that revealed it.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -7,17 +8,23 @@ use std::{
 };
 
 use engineioxide::Str;
-use roomcast_shared::wire::{Envelope, KeySpace};
+use redis::aio::ConnectionManager;
+use roomcast_shared::wire::{Envelope, EnvelopeBody, KeySpace, Position, StreamId, Topic};
 
-use crate::{rooms::LocalRooms, sio::SioSocket, sio::packet};
+use crate::{
+    history,
+    recovery::Buffered,
+    rooms::{LocalRooms, TopicEntry},
+    sio::packet,
+};
 
 /// Source ids of recent multi-room deliveries. A request to rooms `[a, b]` arrives once per
 /// room channel; the first copy is delivered to the members of every target room and the later
 /// copies are dropped, so a socket in both rooms gets it once. The copies are published back to
 /// back, so a small window is enough.
 struct RecentIds {
-    order: VecDeque<Arc<str>>,
-    set: HashSet<Arc<str>>,
+    order: VecDeque<StreamId>,
+    set: HashSet<StreamId>,
     capacity: usize,
 }
 
@@ -31,8 +38,8 @@ impl RecentIds {
     }
 
     /// True the first time an id is seen.
-    fn first_sighting(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
+    fn first_sighting(&mut self, id: StreamId) -> bool {
+        if self.set.contains(&id) {
             return false;
         }
         if self.order.len() == self.capacity
@@ -40,10 +47,23 @@ impl RecentIds {
         {
             self.set.remove(&old);
         }
-        let id: Arc<str> = id.into();
-        self.order.push_back(id.clone());
+        self.order.push_back(id);
         self.set.insert(id);
         true
+    }
+}
+
+/// The EVENT packet for an envelope: `2[<nsp>,]["event",...args]`, with the offset appended as
+/// the last argument when recovery is on (what the official client remembers and sends back).
+pub(crate) fn event_packet(body: &EnvelopeBody, offset: Option<StreamId>) -> Str {
+    match offset {
+        None => packet::encode_event(&body.nsp, &body.data).into(),
+        Some(src) => {
+            // `data` is a validated JSON array text: insert before its closing bracket.
+            let inner = body.data.strip_suffix(']').unwrap_or(&body.data);
+            let data = format!("{inner},\"{src}\"]");
+            packet::encode_event(&body.nsp, &data).into()
+        }
     }
 }
 
@@ -52,71 +72,264 @@ impl RecentIds {
 pub(crate) struct Delivered {
     pub(crate) sockets: usize,
     pub(crate) dropped: usize,
+    /// Held back for sockets whose recovery replay is still being written.
+    pub(crate) buffered: usize,
 }
 
-pub(crate) struct Delivery {
+/// What a message needs before it can be delivered.
+enum Verdict {
+    Deliver,
+    Duplicate,
+    /// Messages after `after` and before this one are missing.
+    Gap {
+        after: Position,
+    },
+    /// Nobody here holds the topic any more.
+    Gone,
+}
+
+/// The synchronous part of delivery: sequence checks and writing to local sockets.
+pub(crate) struct Dispatcher {
     rooms: Arc<LocalRooms>,
     keys: KeySpace,
     recent: RecentIds,
+    /// Append offsets (recovery on) and repair gaps from history.
+    recovery: bool,
 }
 
-impl Delivery {
-    pub(crate) fn new(rooms: Arc<LocalRooms>, keys: KeySpace) -> Self {
+/// Delivery with history access for gap repair; owned by the subscription's reading task.
+pub(crate) struct Delivery {
+    dispatch: Dispatcher,
+    commands: ConnectionManager,
+    pub(crate) gaps_repaired: u64,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(rooms: Arc<LocalRooms>, keys: KeySpace, recovery: bool) -> Self {
         Self {
             rooms,
             keys,
             recent: RecentIds::new(16_384),
+            recovery,
         }
     }
 
-    /// Delivers one message received on `channel`.
-    pub(crate) fn deliver(&mut self, channel: &str, payload: &[u8]) -> Delivered {
+    /// Decodes a message and decides what it needs.
+    fn check(&self, channel: &str, payload: &[u8]) -> Option<(Envelope, StreamId, Verdict)> {
         let envelope = match Envelope::decode(payload) {
             Ok(envelope) => envelope,
             Err(error) => {
                 tracing::warn!(%error, channel, "dropping undecodable envelope");
-                return Delivered::default();
+                return None;
             }
         };
+        let Some(src) = StreamId::parse(&envelope.body.source_id) else {
+            tracing::warn!(channel, source_id = %envelope.body.source_id, "dropping envelope with a malformed source id");
+            return None;
+        };
+        let verdict = self.rooms.with_topics(|topics| match topics.get(channel) {
+            None => Verdict::Gone,
+            Some(entry) => match entry.last.get() {
+                Some(last) if envelope.seq <= last.seq => Verdict::Duplicate,
+                Some(last) if envelope.seq > last.seq + 1 && self.recovery => {
+                    Verdict::Gap { after: last }
+                }
+                _ => Verdict::Deliver,
+            },
+        });
+        Some((envelope, src, verdict))
+    }
+
+    /// Delivers a message that is next in its topic, and advances the topic's position.
+    pub(crate) fn deliver_in_order(
+        &mut self,
+        channel: &str,
+        envelope: &Envelope,
+        src: StreamId,
+    ) -> Delivered {
         let body = &envelope.body;
         let _span =
             tracing::debug_span!("deliver", source_id = %body.source_id, seq = envelope.seq)
                 .entered();
-        if body.rooms.len() > 1 && !self.recent.first_sighting(&body.source_id) {
-            return Delivered::default();
-        }
+        let first_copy = body.rooms.len() <= 1 || self.recent.first_sighting(src);
         // Encoded once; every recipient gets a clone of the same reference-counted bytes.
-        let packet: Str = packet::encode_event(&body.nsp, &body.data).into();
-        let except = &body.except;
+        let packet = event_packet(body, self.recovery.then_some(src));
+        let channel_arc: Arc<str> = channel.into();
         let mut out = Delivered::default();
-        let mut send = |socket: &Arc<SioSocket>| {
-            if !except.is_empty() && socket.in_any(except) {
+        self.rooms.with_topics(|topics| {
+            let Some(entry) = topics.get(channel) else {
+                return;
+            };
+            entry.last.set(Position {
+                seq: envelope.seq,
+                src,
+            });
+            if !first_copy {
                 return;
             }
-            match socket.emit(packet.clone()) {
-                Ok(()) => out.sockets += 1,
-                Err(_) => out.dropped += 1,
-            }
-        };
-        self.rooms.with_topics(|topics| {
-            if body.rooms.len() > 1 {
-                let mut seen: HashSet<&str> = HashSet::new();
-                for room in &body.rooms {
-                    let topic = self.keys.room(&body.nsp, room);
-                    for (id, socket) in topics.get(topic.channel()).into_iter().flatten() {
-                        if seen.insert(id) {
-                            send(socket);
+            let mut send = |entry: &TopicEntry, seen: Option<&mut HashSet<Arc<str>>>| {
+                for (id, member) in &entry.members {
+                    if let Some(seen) = seen.as_ref()
+                        && seen.contains(id)
+                    {
+                        continue;
+                    }
+                    if !body.except.is_empty() && member.socket.in_any(&body.except) {
+                        continue;
+                    }
+                    let packet = match &member.replay {
+                        Some(buffer) => {
+                            let item = Buffered {
+                                channel: channel_arc.clone(),
+                                seq: envelope.seq,
+                                src,
+                                packet: packet.clone(),
+                            };
+                            match buffer.offer(item) {
+                                Some(packet) => packet,
+                                None => {
+                                    out.buffered += 1;
+                                    continue;
+                                }
+                            }
                         }
+                        None => packet.clone(),
+                    };
+                    match member.socket.emit(packet) {
+                        Ok(()) => out.sockets += 1,
+                        Err(_) => out.dropped += 1,
+                    }
+                }
+                if let Some(seen) = seen {
+                    seen.extend(entry.members.keys().cloned());
+                }
+            };
+            if body.rooms.len() > 1 {
+                let mut seen: HashSet<Arc<str>> = HashSet::new();
+                for room in &body.rooms {
+                    if let Some(entry) = topics.get(self.keys.room(&body.nsp, room).channel()) {
+                        send(entry, Some(&mut seen));
                     }
                 }
             } else {
-                for socket in topics.get(channel).into_iter().flat_map(|m| m.values()) {
-                    send(socket);
-                }
+                send(entry, None);
             }
         });
-        tracing::trace!(sockets = out.sockets, dropped = out.dropped, "delivered");
+        tracing::trace!(
+            sockets = out.sockets,
+            dropped = out.dropped,
+            buffered = out.buffered,
+            "delivered"
+        );
         out
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(dispatch: Dispatcher, commands: ConnectionManager) -> Self {
+        Self {
+            dispatch,
+            commands,
+            gaps_repaired: 0,
+        }
+    }
+
+    /// Delivers one message received on `channel`.
+    pub(crate) async fn deliver(&mut self, channel: &str, payload: &[u8]) -> Delivered {
+        let Some((envelope, src, verdict)) = self.dispatch.check(channel, payload) else {
+            return Delivered::default();
+        };
+        match verdict {
+            Verdict::Gone | Verdict::Duplicate => return Delivered::default(),
+            Verdict::Gap { after } => self.repair(channel, after, envelope.seq).await,
+            Verdict::Deliver => {}
+        }
+        self.dispatch.deliver_in_order(channel, &envelope, src)
+    }
+
+    /// Fills a gap on `channel`: every message after `after` and before `until` seq, from history.
+    async fn repair(&mut self, channel: &str, after: Position, until: u64) {
+        let missing = until.saturating_sub(after.seq + 1) as usize;
+        let topic = Topic::from_channel(channel);
+        let mut pipe = redis::pipe();
+        history::range_after(&mut pipe, &topic.history_key(), after.src, missing);
+        let entries = match pipe
+            .query_async::<Vec<redis::Value>>(&mut self.commands)
+            .await
+        {
+            Ok(mut replies) => history::parse_entries(replies.pop().unwrap_or(redis::Value::Nil)),
+            Err(error) => {
+                tracing::warn!(%error, channel, "cannot read history to repair a gap; delivering on");
+                return;
+            }
+        };
+        let mut expected = after.seq + 1;
+        for entry in entries
+            .into_iter()
+            .filter(|e| e.envelope.seq > after.seq && e.envelope.seq < until)
+        {
+            if entry.envelope.seq != expected {
+                break;
+            }
+            expected += 1;
+            self.dispatch
+                .deliver_in_order(channel, &entry.envelope, entry.src);
+        }
+        if expected == until {
+            self.gaps_repaired += 1;
+            tracing::info!(
+                channel,
+                from = after.seq + 1,
+                to = until - 1,
+                "gap on the live path repaired from history"
+            );
+        } else {
+            tracing::warn!(
+                channel,
+                missing_from = expected,
+                to = until - 1,
+                "gap could not be fully repaired: history no longer has it"
+            );
+        }
+    }
+
+    /// After the subscription connection was re-established: fetch whatever every topic missed
+    /// while it was down (the next live message would reveal it too, but a quiet room might
+    /// wait a long time for one).
+    pub(crate) async fn repair_all(&mut self) {
+        if !self.dispatch.recovery {
+            return;
+        }
+        let positioned: Vec<(Arc<str>, Position)> = self.dispatch.rooms.with_topics(|topics| {
+            topics
+                .iter()
+                .filter_map(|(c, e)| e.last.get().map(|p| (c.clone(), p)))
+                .collect()
+        });
+        if positioned.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (channel, _) in &positioned {
+            pipe.cmd("HGET")
+                .arg(Topic::from_channel(&**channel).meta_key())
+                .arg("seq");
+        }
+        let current: Vec<Option<u64>> = match pipe.query_async(&mut self.commands).await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(%error, "cannot check topics for messages missed while resubscribing");
+                return;
+            }
+        };
+        for ((channel, last), now) in positioned.into_iter().zip(current) {
+            if let Some(now) = now
+                && now > last.seq
+            {
+                // Deliver up to and including `now`: repair stops before `until`.
+                self.repair(&channel, last, now + 1).await;
+            }
+        }
     }
 }
 
@@ -126,23 +339,46 @@ mod tests {
 
     #[test]
     fn recent_ids_remember_a_bounded_window() {
+        let id = |n| StreamId { ms: n, seq: 0 };
         let mut r = RecentIds::new(2);
-        assert!(r.first_sighting("1-0"));
-        assert!(!r.first_sighting("1-0"));
-        assert!(r.first_sighting("2-0"));
-        assert!(r.first_sighting("3-0"));
-        assert!(r.first_sighting("1-0"), "evicted ids are forgotten");
+        assert!(r.first_sighting(id(1)));
+        assert!(!r.first_sighting(id(1)));
+        assert!(r.first_sighting(id(2)));
+        assert!(r.first_sighting(id(3)));
+        assert!(r.first_sighting(id(1)), "evicted ids are forgotten");
         assert_eq!(r.order.len(), 2);
+    }
+
+    #[test]
+    fn offsets_are_appended_as_the_last_argument() {
+        let body = |data: &str| EnvelopeBody {
+            source_id: "1-0".into(),
+            nsp: "/".into(),
+            rooms: vec![],
+            except: vec![],
+            data: data.into(),
+            published_at_ms: 1,
+            traceparent: None,
+        };
+        let src = Some(StreamId { ms: 17, seq: 2 });
+        assert_eq!(
+            event_packet(&body(r#"["m",{"a":1}]"#), src).as_str(),
+            r#"2["m",{"a":1},"17-2"]"#
+        );
+        assert_eq!(
+            event_packet(&body(r#"["m"]"#), src).as_str(),
+            r#"2["m","17-2"]"#
+        );
+        assert_eq!(event_packet(&body(r#"["m"]"#), None).as_str(), r#"2["m"]"#);
     }
 }
 
 #[cfg(test)]
 mod delivery_tests {
     use super::*;
-    use crate::sio::testing;
-    use roomcast_shared::wire::EnvelopeBody;
+    use crate::sio::{SioSocket, testing};
 
-    fn envelope(rooms: &[&str], except: &[&str], source_id: &str) -> Vec<u8> {
+    fn envelope(seq: u64, rooms: &[&str], except: &[&str], source_id: &str) -> Vec<u8> {
         let body = EnvelopeBody {
             source_id: source_id.into(),
             nsp: "/".into(),
@@ -152,12 +388,20 @@ mod delivery_tests {
             published_at_ms: 1,
             traceparent: None,
         };
-        Envelope::encode(1, &body.encode().expect("encodes")).expect("encodes")
+        Envelope::encode(seq, &body.encode().expect("encodes")).expect("encodes")
     }
 
     fn join(rooms: &LocalRooms, keys: &KeySpace, socket: &Arc<SioSocket>, room: &str) {
         socket.add_room(&Arc::from(room));
-        rooms.add(keys.room("/", room).channel(), socket);
+        rooms.add(keys.room("/", room).channel(), socket, None);
+    }
+
+    fn deliver(d: &mut Dispatcher, channel: &str, payload: &[u8]) -> Delivered {
+        let (env, src, verdict) = d.check(channel, payload).expect("decodes");
+        match verdict {
+            Verdict::Deliver => d.deliver_in_order(channel, &env, src),
+            _ => Delivered::default(),
+        }
     }
 
     #[tokio::test]
@@ -172,13 +416,18 @@ mod delivery_tests {
         join(&rooms, &keys, &a.socket, "r");
         join(&rooms, &keys, &b.socket, "r");
         join(&rooms, &keys, &outsider.socket, "other");
-        let mut delivery = Delivery::new(rooms, keys.clone());
-        let out = delivery.deliver(keys.room("/", "r").channel(), &envelope(&["r"], &[], "1-0"));
+        let mut d = Dispatcher::new(rooms, keys.clone(), false);
+        let out = deliver(
+            &mut d,
+            keys.room("/", "r").channel(),
+            &envelope(1, &["r"], &[], "1-0"),
+        );
         assert_eq!(
             out,
             Delivered {
                 sockets: 2,
-                dropped: 0
+                dropped: 0,
+                buffered: 0
             }
         );
         let (pa, pb) = (a.drain().await, b.drain().await);
@@ -206,26 +455,41 @@ mod delivery_tests {
         join(&rooms, &keys, &only_b.socket, "b");
         join(&rooms, &keys, &banned.socket, "a");
         join(&rooms, &keys, &banned.socket, "x");
-        let mut delivery = Delivery::new(rooms, keys.clone());
-        let env = envelope(&["a", "b"], &["x"], "7-0");
-        delivery.deliver(keys.room("/", "a").channel(), &env);
-        delivery.deliver(keys.room("/", "b").channel(), &env);
-        assert_eq!(both.drain().await.len(), 1);
+        let mut d = Dispatcher::new(rooms, keys.clone(), true);
+        let env = envelope(1, &["a", "b"], &["x"], "7-0");
+        deliver(&mut d, keys.room("/", "a").channel(), &env);
+        deliver(&mut d, keys.room("/", "b").channel(), &env);
+        let got = both.drain().await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].as_str(),
+            r#"2["message",{"text":"hi"},"7-0"]"#,
+            "offset appended with recovery on"
+        );
         assert_eq!(only_b.drain().await.len(), 1);
         assert!(banned.drain().await.is_empty());
     }
 
     #[tokio::test]
-    async fn garbage_on_a_channel_is_dropped_without_delivery() {
+    async fn duplicates_and_gaps_are_recognised_by_seq() {
         let keys = KeySpace::new("p");
         let rooms = Arc::new(LocalRooms::new());
         let mut a = testing::socket("/");
         join(&rooms, &keys, &a.socket, "r");
-        let mut delivery = Delivery::new(rooms, keys.clone());
+        let channel = keys.room("/", "r").into_channel();
+        let mut d = Dispatcher::new(rooms, keys, true);
         assert_eq!(
-            delivery.deliver(keys.room("/", "r").channel(), b"not msgpack"),
-            Delivered::default()
+            deliver(&mut d, &channel, &envelope(1, &["r"], &[], "1-0")).sockets,
+            1
         );
-        assert!(a.drain().await.is_empty());
+        assert!(matches!(
+            d.check(&channel, &envelope(1, &["r"], &[], "1-0")),
+            Some((_, _, Verdict::Duplicate))
+        ));
+        assert!(
+            matches!(d.check(&channel, &envelope(3, &["r"], &[], "3-0")), Some((_, _, Verdict::Gap { after })) if after.seq == 1)
+        );
+        assert!(d.check(&channel, b"junk").is_none());
+        assert_eq!(a.drain().await.len(), 1);
     }
 }

@@ -1,5 +1,5 @@
-//! The gateway's Socket.IO application: namespace connect, `join`/`leave`/`whoami`, and the
-//! clean-up when a socket goes away.
+//! The gateway's Socket.IO application: namespace connect (fresh or recovered), `join`/`leave`/
+//! `whoami`, and the clean-up (and recovery session) when a socket goes away.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,8 +7,9 @@ use roomcast_shared::wire::{KeySpace, validate_room};
 use serde_json::{Value, json};
 
 use crate::{
+    recovery::{Sessions, recovery_request},
     rooms::LocalRooms,
-    sio::{Event, HandlerFuture, SioApp, SioSocket},
+    sio::{Accepted, ConnectRequest, Event, HandlerFuture, SioApp, SioSocket, random_id},
 };
 
 pub(crate) struct Gateway {
@@ -17,6 +18,8 @@ pub(crate) struct Gateway {
     pub(crate) gateway_id: Arc<str>,
     pub(crate) request_timeout: Duration,
     pub(crate) max_rooms_per_socket: usize,
+    /// Connection state recovery; `None` when it is off.
+    pub(crate) sessions: Option<Sessions>,
 }
 
 fn refusal(error: impl std::fmt::Display) -> Value {
@@ -50,7 +53,7 @@ impl Gateway {
                     )),
                 );
             }
-            self.rooms.add(&channel, socket)
+            self.rooms.add(&channel, socket, None)
         } else {
             // Already a member; still wait in case an earlier join's subscription is in flight.
             self.rooms.generation()
@@ -114,6 +117,25 @@ impl Gateway {
             json!([{ "gateway": &*self.gateway_id, "sid": &**socket.id(), "nsp": &**socket.nsp(), "rooms": rooms }]),
         )
     }
+
+    /// Tries to restore the session the client asks for; `None` means a fresh session.
+    async fn recover(&self, sessions: &Sessions, request: &ConnectRequest) -> Option<Accepted> {
+        let (pid, offset) = recovery_request(&request.auth)?;
+        match sessions.restore(request, &pid, offset).await {
+            Ok(Some(accepted)) => {
+                tracing::info!(sid = %accepted.socket.id(), "session recovered");
+                Some(accepted)
+            }
+            Ok(None) => {
+                tracing::debug!("no session to recover (expired or unknown)");
+                None
+            }
+            Err(error) => {
+                tracing::info!(%error, "session not recovered; starting a fresh one");
+                None
+            }
+        }
+    }
 }
 
 /// Acks right away (if the client asked) with nothing left to wait for.
@@ -125,9 +147,15 @@ fn reply(socket: &SioSocket, ack: Option<u64>, args: Value) -> Option<HandlerFut
 }
 
 impl SioApp for Gateway {
-    async fn connect(&self, socket: &Arc<SioSocket>, _auth: Value) -> Result<(), String> {
+    async fn connect(&self, request: ConnectRequest) -> Result<Accepted, String> {
+        if let Some(sessions) = &self.sessions
+            && let Some(accepted) = self.recover(sessions, &request).await
+        {
+            return Ok(accepted);
+        }
+        let socket = request.socket(None);
         let channel = self.keys.namespace(socket.nsp()).into_channel();
-        let generation = self.rooms.add(&channel, socket);
+        let generation = self.rooms.add(&channel, &socket, None);
         // Like a join: the client may publish-and-expect right after `connect`.
         if tokio::time::timeout(self.request_timeout, self.rooms.wait_applied(generation))
             .await
@@ -136,7 +164,10 @@ impl SioApp for Gateway {
             self.rooms.remove(&channel, socket.id());
             return Err("unavailable: gateway cannot reach Redis".into());
         }
-        Ok(())
+        Ok(Accepted {
+            socket,
+            pid: self.sessions.as_ref().map(|_| random_id()),
+        })
     }
 
     fn event(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture> {
@@ -150,11 +181,26 @@ impl SioApp for Gateway {
 
     fn disconnect(&self, socket: &Arc<SioSocket>, reason: &'static str) {
         tracing::debug!(sid = %socket.id(), reason, "socket disconnected");
+        let mut departures = Vec::new();
         for room in socket.take_rooms() {
-            self.rooms
-                .remove(&self.room_channel(socket, &room), socket.id());
+            if let Some(d) = self
+                .rooms
+                .remove(&self.room_channel(socket, &room), socket.id())
+            {
+                departures.push((Some(room.to_string()), d));
+            }
         }
-        self.rooms
-            .remove(self.keys.namespace(socket.nsp()).channel(), socket.id());
+        if let Some(d) = self
+            .rooms
+            .remove(self.keys.namespace(socket.nsp()).channel(), socket.id())
+        {
+            departures.push((None, d));
+        }
+        // Like Node: a client that said goodbye does not want its session back.
+        if reason != "client namespace disconnect"
+            && let (Some(sessions), Some(pid)) = (&self.sessions, socket.pid())
+        {
+            sessions.save(socket, pid, departures);
+        }
     }
 }

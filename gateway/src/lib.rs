@@ -4,7 +4,9 @@
 mod config;
 mod delivery;
 mod handlers;
+mod history;
 mod membership;
+mod recovery;
 mod rooms;
 pub mod sio;
 mod subscriptions;
@@ -22,6 +24,7 @@ pub use config::{GatewayConfig, Transports};
 use crate::{
     handlers::Gateway,
     membership::{Membership, READY_REDIS},
+    recovery::Sessions,
     rooms::LocalRooms,
     sio::{SioConfig, SioServer},
     subscriptions::{READY_SUBSCRIPTIONS, Subscriptions},
@@ -58,6 +61,8 @@ pub async fn run(
             gateway_id: gateway_id.clone(),
             rooms: rooms.clone(),
             readiness: readiness.clone(),
+            recovery: config.recovery.enabled(),
+            probe_interval: config.subscription_probe_interval,
         }
         .run(background_stop.clone()),
     );
@@ -74,12 +79,23 @@ pub async fn run(
         .run(background_stop.clone()),
     );
 
+    let session_writes = TaskTracker::new();
+    let sessions = config.recovery.enabled().then(|| Sessions {
+        commands: commands.clone(),
+        keys: keys.clone(),
+        rooms: rooms.clone(),
+        window: config.recovery.max_disconnection,
+        history_max_len: config.recovery.history_max_len,
+        request_timeout: config.request_timeout,
+        writes: session_writes.clone(),
+    });
     let app = Arc::new(Gateway {
         rooms: rooms.clone(),
         keys: keys.clone(),
         gateway_id: gateway_id.clone(),
         request_timeout: config.request_timeout,
         max_rooms_per_socket: config.max_rooms_per_socket,
+        sessions,
     });
     let connections = TaskTracker::new();
     let sio = SioServer::new(

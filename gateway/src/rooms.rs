@@ -2,22 +2,86 @@
 //! namespace), keyed by the topic's channel name. Every change bumps a generation and marks the
 //! topic dirty; the `subscriptions` task applies dirty topics to Redis in batches and publishes
 //! the generation it has applied, which is what `join` waits for before it acks.
+//!
+//! For recovery each topic also carries the position (seq, source id) of the last message this
+//! gateway delivered on it, and each member the position the topic had when it joined: what a
+//! session needs to know which messages were sent to a socket.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
+use roomcast_shared::wire::{Position, StreamId};
 use tokio::sync::{Notify, watch};
 
-use crate::sio::SioSocket;
+use crate::{recovery::ReplayBuffer, sio::SioSocket};
+
+/// One local socket in a topic.
+pub(crate) struct Member {
+    pub(crate) socket: Arc<SioSocket>,
+    /// The topic's position when the socket joined; `None` while the topic's position was not
+    /// known yet (a fresh subscription), meaning the position it is initialised with.
+    pub(crate) base: Option<Position>,
+    /// Set while the socket is being recovered: live messages wait here until the replay is
+    /// written.
+    pub(crate) replay: Option<Arc<ReplayBuffer>>,
+}
 
 /// Local members of one topic, by socket id.
-pub(crate) type Members = HashMap<Arc<str>, Arc<SioSocket>>;
+pub(crate) type Members = HashMap<Arc<str>, Member>;
+
+/// The last delivered position of a topic. Written by the delivery task (under the registry's
+/// read lock, as the only writer) and by the reconciler (under the write lock), so a reader
+/// holding the write lock sees a consistent value.
+#[derive(Default)]
+pub(crate) struct PositionCell {
+    known: AtomicBool,
+    seq: AtomicU64,
+    ms: AtomicU64,
+    n: AtomicU64,
+}
+
+impl PositionCell {
+    pub(crate) fn get(&self) -> Option<Position> {
+        self.known.load(Ordering::Acquire).then(|| Position {
+            seq: self.seq.load(Ordering::Relaxed),
+            src: StreamId {
+                ms: self.ms.load(Ordering::Relaxed),
+                seq: self.n.load(Ordering::Relaxed),
+            },
+        })
+    }
+
+    pub(crate) fn set(&self, position: Position) {
+        self.seq.store(position.seq, Ordering::Relaxed);
+        self.ms.store(position.src.ms, Ordering::Relaxed);
+        self.n.store(position.src.seq, Ordering::Relaxed);
+        self.known.store(true, Ordering::Release);
+    }
+}
+
+/// A topic with local members.
+#[derive(Default)]
+pub(crate) struct TopicEntry {
+    pub(crate) members: Members,
+    pub(crate) last: PositionCell,
+    /// The position the topic was initialised with when first subscribed.
+    initial: Option<Position>,
+}
+
+/// What a socket leaving a topic takes with it, for its recovery session.
+pub(crate) struct Departure {
+    pub(crate) base: Option<Position>,
+    pub(crate) last: Option<Position>,
+}
 
 #[derive(Default)]
 struct Inner {
-    topics: HashMap<Arc<str>, Members>,
+    topics: HashMap<Arc<str>, TopicEntry>,
     generation: u64,
     dirty: HashSet<Arc<str>>,
     /// Set when Redis may have lost our membership (reconnect, reaped by others): the next
@@ -57,18 +121,26 @@ impl LocalRooms {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a socket to a topic. Returns the generation to wait for before the membership is
-    /// known to Redis.
-    pub(crate) fn add(&self, channel: &str, socket: &Arc<SioSocket>) -> u64 {
+    /// Adds a socket to a topic (with a replay buffer while it is being recovered). Returns the
+    /// generation to wait for before the membership is known to Redis.
+    pub(crate) fn add(
+        &self,
+        channel: &str,
+        socket: &Arc<SioSocket>,
+        replay: Option<Arc<ReplayBuffer>>,
+    ) -> u64 {
         let mut inner = self.write();
-        let members = match inner.topics.get_mut(channel) {
-            Some(members) => members,
+        let entry = match inner.topics.get_mut(channel) {
+            Some(entry) => entry,
             None => inner.topics.entry(Arc::from(channel)).or_default(),
         };
-        if members
-            .insert(socket.id().clone(), socket.clone())
-            .is_none()
-        {
+        let base = entry.last.get();
+        let member = Member {
+            socket: socket.clone(),
+            base,
+            replay,
+        };
+        if entry.members.insert(socket.id().clone(), member).is_none() {
             Self::touch(&mut inner, channel);
         }
         let generation = inner.generation;
@@ -78,20 +150,61 @@ impl LocalRooms {
     }
 
     /// Removes a socket from a topic; dropping the last member schedules the unsubscribe.
-    pub(crate) fn remove(&self, channel: &str, socket_id: &str) {
+    /// Returns the socket's positions in the topic, if it was a member.
+    pub(crate) fn remove(&self, channel: &str, socket_id: &str) -> Option<Departure> {
         let mut inner = self.write();
-        let Some(members) = inner.topics.get_mut(channel) else {
-            return;
+        let entry = inner.topics.get_mut(channel)?;
+        let member = entry.members.remove(socket_id)?;
+        let departure = Departure {
+            base: member.base.or(entry.initial),
+            last: entry.last.get(),
         };
-        if members.remove(socket_id).is_none() {
-            return;
-        }
-        if members.is_empty() {
+        if entry.members.is_empty() {
             inner.topics.remove(channel);
         }
         Self::touch(&mut inner, channel);
         drop(inner);
         self.changed.notify_one();
+        Some(departure)
+    }
+
+    /// Records where a recovered socket stands in a topic once its replay is written.
+    pub(crate) fn set_base(&self, channel: &str, socket_id: &str, base: Position) {
+        let mut inner = self.write();
+        if let Some(member) = inner
+            .topics
+            .get_mut(channel)
+            .and_then(|e| e.members.get_mut(socket_id))
+        {
+            member.base = Some(base);
+        }
+    }
+
+    /// Topics among `channels` whose position is not known yet (fresh subscriptions).
+    pub(crate) fn unpositioned(&self, channels: &[Arc<str>]) -> Vec<Arc<str>> {
+        let inner = self.read();
+        channels
+            .iter()
+            .filter(|c| {
+                inner
+                    .topics
+                    .get(&***c)
+                    .is_some_and(|e| e.last.get().is_none())
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Sets the starting position of a freshly subscribed topic (read from Redis before the
+    /// SUBSCRIBE, so a message published in between shows up as a gap and is repaired).
+    pub(crate) fn init_position(&self, channel: &str, position: Position) {
+        let mut inner = self.write();
+        if let Some(entry) = inner.topics.get_mut(channel)
+            && entry.last.get().is_none()
+        {
+            entry.last.set(position);
+            entry.initial = Some(position);
+        }
     }
 
     fn touch(inner: &mut Inner, channel: &str) {
@@ -128,7 +241,12 @@ impl LocalRooms {
         // every other topic we hold.
         let mut topics: Vec<(Arc<str>, usize)> = dirty
             .iter()
-            .map(|k| (k.clone(), inner.topics.get(k).map_or(0, HashMap::len)))
+            .map(|k| {
+                (
+                    k.clone(),
+                    inner.topics.get(k).map_or(0, |e| e.members.len()),
+                )
+            })
             .collect();
         if full {
             topics.extend(
@@ -136,7 +254,7 @@ impl LocalRooms {
                     .topics
                     .iter()
                     .filter(|(k, _)| !dirty.contains(*k))
-                    .map(|(k, m)| (k.clone(), m.len())),
+                    .map(|(k, e)| (k.clone(), e.members.len())),
             );
         }
         Changes {
@@ -170,7 +288,7 @@ impl LocalRooms {
     }
 
     /// Runs `f` on the topics under a read lock. `f` must not block or await.
-    pub(crate) fn with_topics<R>(&self, f: impl FnOnce(&HashMap<Arc<str>, Members>) -> R) -> R {
+    pub(crate) fn with_topics<R>(&self, f: impl FnOnce(&HashMap<Arc<str>, TopicEntry>) -> R) -> R {
         f(&self.read().topics)
     }
 }
@@ -185,11 +303,11 @@ mod tests {
         let rooms = LocalRooms::new();
         let a = testing::socket("/");
         let b = testing::socket("/");
-        let g1 = rooms.add("ch:x", &a.socket);
-        let g2 = rooms.add("ch:x", &b.socket);
+        let g1 = rooms.add("ch:x", &a.socket, None);
+        let g2 = rooms.add("ch:x", &b.socket, None);
         assert!(g2 > g1);
         assert_eq!(
-            rooms.add("ch:x", &a.socket),
+            rooms.add("ch:x", &a.socket, None),
             g2,
             "re-adding changes nothing"
         );
@@ -210,11 +328,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn members_take_the_topic_position_at_join_and_leave_with_the_last_one() {
+        let rooms = LocalRooms::new();
+        let (a, b) = (testing::socket("/"), testing::socket("/"));
+        let pos = |seq, ms| Position {
+            seq,
+            src: StreamId { ms, seq: 0 },
+        };
+        rooms.add("ch:x", &a.socket, None);
+        assert_eq!(
+            rooms.unpositioned(&[Arc::from("ch:x")]),
+            vec![Arc::from("ch:x")]
+        );
+        rooms.init_position("ch:x", pos(5, 50));
+        assert!(rooms.unpositioned(&[Arc::from("ch:x")]).is_empty());
+        rooms.with_topics(|t| t["ch:x"].last.set(pos(7, 70)));
+        rooms.add("ch:x", &b.socket, None);
+        rooms.with_topics(|t| t["ch:x"].last.set(pos(9, 90)));
+        let da = rooms.remove("ch:x", a.socket.id()).expect("member");
+        assert_eq!(
+            (da.base, da.last),
+            (Some(pos(5, 50)), Some(pos(9, 90))),
+            "joined before positioning: the initial position"
+        );
+        let db = rooms.remove("ch:x", b.socket.id()).expect("member");
+        assert_eq!((db.base, db.last), (Some(pos(7, 70)), Some(pos(9, 90))));
+        assert!(rooms.remove("ch:x", b.socket.id()).is_none());
+    }
+
+    #[tokio::test]
     async fn full_resync_lists_every_topic_and_pending_removals() {
         let rooms = LocalRooms::new();
         let a = testing::socket("/");
-        rooms.add("ch:x", &a.socket);
-        rooms.add("ch:y", &a.socket);
+        rooms.add("ch:x", &a.socket, None);
+        rooms.add("ch:y", &a.socket, None);
         rooms.take_changes(false);
         rooms.remove("ch:y", a.socket.id());
         rooms.request_full_resync();
@@ -227,7 +374,7 @@ mod tests {
     async fn waiters_wake_once_their_generation_is_applied() {
         let rooms = Arc::new(LocalRooms::new());
         let a = testing::socket("/");
-        let generation = rooms.add("ch:x", &a.socket);
+        let generation = rooms.add("ch:x", &a.socket, None);
         let waiter = tokio::spawn({
             let rooms = rooms.clone();
             async move { rooms.wait_applied(generation).await }

@@ -3,18 +3,22 @@
 //! leaves. Changes are applied in batches (one SUBSCRIBE, one pipeline, one UNSUBSCRIBE per
 //! round). Owns the pub/sub connection and resubscribes everything after it is lost.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use roomcast_shared::{
     health::Readiness,
     redis_conn::Backoff,
-    wire::{KeySpace, Topic},
+    wire::{KeySpace, Position, StreamId, Topic},
 };
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::{delivery::Delivery, rooms::LocalRooms};
+use crate::{
+    delivery::{Delivery, Dispatcher},
+    rooms::LocalRooms,
+};
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command, to bound one command's size.
 const CHANNELS_PER_COMMAND: usize = 1_000;
@@ -27,6 +31,10 @@ pub(crate) struct Subscriptions {
     pub(crate) gateway_id: Arc<str>,
     pub(crate) rooms: Arc<LocalRooms>,
     pub(crate) readiness: Readiness,
+    /// Offsets and gap repair (connection state recovery on).
+    pub(crate) recovery: bool,
+    /// How often the subscription connection is PINGed to prove it still delivers.
+    pub(crate) probe_interval: Duration,
 }
 
 impl Subscriptions {
@@ -51,19 +59,30 @@ impl Subscriptions {
                     }
                 }
             };
+            let dispatch = Dispatcher::new(self.rooms.clone(), self.keys.clone(), self.recovery);
+            let (resubscribed, resubscribed_rx) = oneshot::channel();
+            let mut resubscribed = Some(resubscribed);
             let mut delivery = tokio::spawn(deliver_loop(
                 stream,
-                Delivery::new(self.rooms.clone(), self.keys.clone()),
+                Delivery::new(dispatch, self.commands.clone()),
+                resubscribed_rx,
             ));
             // A new connection has no subscriptions: rewrite everything.
             let mut subscribed: HashSet<Arc<str>> = HashSet::new();
             let mut full = true;
+            let mut probe = tokio::time::interval(self.probe_interval);
+            probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            probe.tick().await;
             loop {
                 match self.reconcile(&mut sink, &mut subscribed, full).await {
                     Ok(()) => {
                         if full {
                             tracing::info!(topics = subscribed.len(), "subscriptions in place");
                             outage_logged = false;
+                            // Now that we listen again, fetch what was missed while we did not.
+                            if let Some(tx) = resubscribed.take() {
+                                let _ = tx.send(());
+                            }
                         }
                         full = false;
                         backoff.reset();
@@ -84,6 +103,15 @@ impl Subscriptions {
                         break;
                     }
                     _ = self.rooms.changed() => {}
+                    _ = probe.tick() => {
+                        // A connection can die silently (half-open TCP, a proxy): /readyz would
+                        // stay green while nothing is delivered. A PING answered proves it works.
+                        let pong = tokio::time::timeout(self.probe_interval, sink.ping::<redis::Value>()).await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            tracing::warn!("Redis subscription connection does not answer; reconnecting");
+                            break;
+                        }
+                    }
                 }
             }
             self.readiness.set(READY_SUBSCRIPTIONS, false);
@@ -132,6 +160,31 @@ impl Subscriptions {
                 }
             }
         }
+        // A topic's position is read before subscribing: a message published in between then
+        // shows up as a gap (seq jump) and is repaired from history, instead of going unnoticed.
+        let unpositioned = self.rooms.unpositioned(&to_subscribe);
+        if !unpositioned.is_empty() {
+            let mut positions = redis::pipe();
+            for channel in &unpositioned {
+                positions
+                    .cmd("HMGET")
+                    .arg(Topic::from_channel(&**channel).meta_key())
+                    .arg("seq")
+                    .arg("src");
+            }
+            let replies: Vec<(Option<u64>, Option<String>)> =
+                positions.query_async(&mut self.commands).await?;
+            for (channel, (seq, src)) in unpositioned.iter().zip(replies) {
+                let src = src.as_deref().and_then(StreamId::parse).unwrap_or_default();
+                self.rooms.init_position(
+                    channel,
+                    Position {
+                        seq: seq.unwrap_or(0),
+                        src,
+                    },
+                );
+            }
+        }
         // Subscribe before announcing membership: once the fanout sees our count it publishes,
         // and we must already be listening.
         for chunk in to_subscribe.chunks(CHANNELS_PER_COMMAND) {
@@ -157,9 +210,32 @@ impl Subscriptions {
     }
 }
 
-/// Reads the subscription connection until it closes, delivering each message.
-async fn deliver_loop(mut stream: PubSubStream, mut delivery: Delivery) {
-    while let Some(msg) = stream.next().await {
-        delivery.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+/// Reads the subscription connection until it closes, delivering each message. Once the
+/// subscriptions of a reconnect are in place, first repairs what every topic missed.
+async fn deliver_loop(
+    mut stream: PubSubStream,
+    mut delivery: Delivery,
+    resubscribed: oneshot::Receiver<()>,
+) {
+    let mut resubscribed = Some(resubscribed);
+    loop {
+        tokio::select! {
+            biased;
+            done = async {
+                match resubscribed.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            }, if resubscribed.is_some() => {
+                resubscribed = None;
+                if done.is_ok() {
+                    delivery.repair_all().await;
+                }
+            }
+            msg = stream.next() => {
+                let Some(msg) = msg else { return };
+                delivery.deliver(msg.get_channel_name(), msg.get_payload_bytes()).await;
+            }
+        }
     }
 }

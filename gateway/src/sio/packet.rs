@@ -153,11 +153,17 @@ fn nsp_prefix(out: &mut String, nsp: &str) {
 }
 
 /// `0[<nsp>,]{"sid":"…"}`: the CONNECT reply.
-pub(crate) fn encode_connect(nsp: &str, sid: &str) -> String {
-    let mut out = String::with_capacity(nsp.len() + sid.len() + 12);
+pub(crate) fn encode_connect(nsp: &str, sid: &str, pid: Option<&str>) -> String {
+    let mut out = String::with_capacity(nsp.len() + sid.len() + 40);
     out.push('0');
     nsp_prefix(&mut out, nsp);
-    out.push_str(&serde_json::json!({ "sid": sid }).to_string());
+    let reply = match pid {
+        // With connection state recovery the client keeps `pid` and sends it back with its last
+        // offset when it reconnects.
+        Some(pid) => serde_json::json!({ "sid": sid, "pid": pid }),
+        None => serde_json::json!({ "sid": sid }),
+    };
+    out.push_str(&reply.to_string());
     out
 }
 
@@ -278,8 +284,15 @@ mod tests {
 
     #[test]
     fn encodes_server_packets() {
-        assert_eq!(encode_connect("/", "abc"), r#"0{"sid":"abc"}"#);
-        assert_eq!(encode_connect("/admin", "abc"), r#"0/admin,{"sid":"abc"}"#);
+        assert_eq!(encode_connect("/", "abc", None), r#"0{"sid":"abc"}"#);
+        assert_eq!(
+            encode_connect("/admin", "abc", None),
+            r#"0/admin,{"sid":"abc"}"#
+        );
+        assert_eq!(
+            encode_connect("/", "abc", Some("p")),
+            r#"0{"pid":"p","sid":"abc"}"#
+        );
         assert_eq!(encode_connect_error("/", "nope"), r#"4{"message":"nope"}"#);
         assert_eq!(encode_event("/", r#"["m",1]"#), r#"2["m",1]"#);
         assert_eq!(encode_event("/x", r#"["m"]"#), r#"2/x,["m"]"#);

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::{
     packet::{self, Packet, PacketError, PacketType},
-    socket::{ConnData, EngineSocket, Inbound, SioSocket, new_socket_id},
+    socket::{ConnData, EngineSocket, Inbound, SioSocket, random_id},
 };
 
 /// Packets a connection may have queued before its task reads them; a client that outruns
@@ -48,13 +48,13 @@ pub struct Event {
 
 /// What the application does with sockets. The protocol layer calls it in packet order.
 pub trait SioApp: Send + Sync + 'static {
-    /// Admits a socket to its namespace, or refuses it with the message the client's
-    /// `connect_error` shows. Called before the CONNECT reply is written.
+    /// Admits a socket to its namespace (creating it with [`ConnectRequest::socket`]), or refuses
+    /// it with the message the client's `connect_error` shows. Whatever it emits on the socket
+    /// reaches the client before the CONNECT reply (recovery replays missed events this way).
     fn connect(
         &self,
-        socket: &Arc<SioSocket>,
-        auth: Value,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+        request: ConnectRequest,
+    ) -> impl Future<Output = Result<Accepted, String>> + Send;
     /// Handles an event. Work that must wait (e.g. for Redis) is returned as a future, which the
     /// connection polls without blocking the next packets.
     fn event(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture>;
@@ -62,6 +62,31 @@ pub trait SioApp: Send + Sync + 'static {
     fn connected(&self, _socket: &Arc<SioSocket>) {}
     /// The socket left its namespace (client request, connection closed, or server shutdown).
     fn disconnect(&self, socket: &Arc<SioSocket>, reason: &'static str);
+}
+
+/// A namespace CONNECT waiting for the application's decision.
+pub struct ConnectRequest {
+    pub nsp: Arc<str>,
+    /// The CONNECT payload (`auth` of the client), `Null` if none.
+    pub auth: Value,
+    engine: Arc<EngineSocket>,
+}
+
+impl ConnectRequest {
+    /// Creates the socket: with `id` to give a recovered socket its old id back, or a fresh one.
+    pub fn socket(&self, id: Option<Arc<str>>) -> Arc<SioSocket> {
+        Arc::new(SioSocket::new(
+            id.unwrap_or_else(random_id),
+            self.nsp.clone(),
+            self.engine.clone(),
+        ))
+    }
+}
+
+/// An admitted socket and, with connection state recovery, its private session id.
+pub struct Accepted {
+    pub socket: Arc<SioSocket>,
+    pub pid: Option<Arc<str>>,
 }
 
 /// Protocol-level settings.
@@ -303,19 +328,22 @@ impl<A: SioApp> Connection<A> {
             return;
         }
         if let Some(existing) = self.sockets.get(&nsp) {
-            let reply = packet::encode_connect(&nsp, existing.id());
+            let reply = packet::encode_connect(&nsp, existing.id(), None);
             self.send(reply);
             return;
         }
-        let socket = Arc::new(SioSocket::new(
-            new_socket_id(),
-            nsp.as_str().into(),
-            self.engine.clone(),
-        ));
-        match self.app.connect(&socket, auth).await {
-            Ok(()) => {
+        let request = ConnectRequest {
+            nsp: nsp.as_str().into(),
+            auth,
+            engine: self.engine.clone(),
+        };
+        match self.app.connect(request).await {
+            Ok(Accepted { socket, pid }) => {
                 tracing::debug!(sid = %socket.id(), nsp = %nsp, "socket connected");
-                self.send(packet::encode_connect(&nsp, socket.id()));
+                self.send(packet::encode_connect(&nsp, socket.id(), pid.as_deref()));
+                if let Some(pid) = pid {
+                    socket.set_pid(pid);
+                }
                 self.app.connected(&socket);
                 self.sockets.insert(nsp, socket);
             }

@@ -42,6 +42,8 @@ pub struct SioSocket {
     engine: Arc<EngineSocket>,
     /// Rooms joined, by name. Small in practice, so a vector beats a set.
     rooms: Mutex<Vec<Arc<str>>>,
+    /// The private session id given in the CONNECT reply (connection state recovery).
+    pid: OnceLock<Arc<str>>,
 }
 
 impl SioSocket {
@@ -51,6 +53,7 @@ impl SioSocket {
             nsp,
             engine,
             rooms: Mutex::new(Vec::new()),
+            pid: OnceLock::new(),
         }
     }
 
@@ -60,6 +63,15 @@ impl SioSocket {
 
     pub fn nsp(&self) -> &Arc<str> {
         &self.nsp
+    }
+
+    /// The private session id, when recovery is on.
+    pub fn pid(&self) -> Option<&Arc<str>> {
+        self.pid.get()
+    }
+
+    pub(super) fn set_pid(&self, pid: Arc<str>) {
+        let _ = self.pid.set(pid);
     }
 
     /// Queues an already-encoded packet. The same `Str` is shared by every recipient of a
@@ -158,8 +170,9 @@ impl SioSocket {
     }
 }
 
-/// A new socket id: 20 characters of URL-safe base64 from 120 random bits, like Node's.
-pub(super) fn new_socket_id() -> Arc<str> {
+/// A new random id (socket id, private session id): 20 characters of URL-safe base64 from 120
+/// random bits, like Node's.
+pub fn random_id() -> Arc<str> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes: [u8; 15] = rand::random();
     let mut out = String::with_capacity(20);
@@ -178,8 +191,8 @@ mod tests {
 
     #[test]
     fn socket_ids_are_20_url_safe_chars_and_unique() {
-        let a = new_socket_id();
-        let b = new_socket_id();
+        let a = random_id();
+        let b = random_id();
         assert_eq!(a.len(), 20);
         assert!(
             a.bytes()
@@ -218,7 +231,7 @@ pub(crate) mod testing {
     pub(crate) fn socket(nsp: &str) -> Recorded {
         let (engine, rx) = EngineSocket::new_dummy_piped(Sid::new(), Box::new(|_, _| {}), 64);
         Recorded {
-            socket: Arc::new(SioSocket::new(new_socket_id(), nsp.into(), engine)),
+            socket: Arc::new(SioSocket::new(random_id(), nsp.into(), engine)),
             rx,
         }
     }

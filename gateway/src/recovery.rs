@@ -1,0 +1,393 @@
+//! Connection state recovery: saving a disconnected socket's session, and restoring it on any
+//! gateway with exactly the messages the client missed. The algorithm is in docs/recovery.md.
+//!
+//! In short: a message's offset is its publish entry id, and one gateway sends messages in
+//! publish order, so a client that received offset X received every message sent to it before X.
+//! The session stores, per topic, where the topic stood when the socket joined (`base`) and the
+//! last message sent (`last`). The replay for a topic is every history entry after `base` that
+//! was either not sent (after `last`) or sent after X.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use engineioxide::Str;
+use redis::{Value, aio::ConnectionManager};
+use roomcast_shared::wire::{
+    Envelope, KeySpace, Position, SESSION_VERSION, SessionRecord, StreamId, TopicPosition,
+};
+use serde_json::Value as Json;
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    delivery::event_packet,
+    history::{self, HistoryEntry},
+    rooms::{Departure, LocalRooms},
+    sio::{Accepted, ConnectRequest, SioSocket},
+};
+
+/// Live messages a recovering socket may accumulate while its replay is read.
+const MAX_BUFFERED: usize = 10_000;
+
+/// A live message held back while a socket's replay is being written.
+pub(crate) struct Buffered {
+    pub(crate) channel: Arc<str>,
+    pub(crate) seq: u64,
+    pub(crate) src: StreamId,
+    pub(crate) packet: Str,
+}
+
+enum ReplayState {
+    Buffering {
+        items: Vec<Buffered>,
+        overflowed: bool,
+    },
+    Live,
+}
+
+/// Holds live messages for a recovering socket so they cannot overtake the replay.
+pub(crate) struct ReplayBuffer {
+    state: Mutex<ReplayState>,
+}
+
+impl ReplayBuffer {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(ReplayState::Buffering {
+                items: Vec::new(),
+                overflowed: false,
+            }),
+        })
+    }
+
+    /// Buffers the message while the replay is pending; once live, hands the packet back for
+    /// the caller to emit.
+    pub(crate) fn offer(&self, item: Buffered) -> Option<Str> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *state {
+            ReplayState::Buffering { items, overflowed } => {
+                if items.len() < MAX_BUFFERED {
+                    items.push(item);
+                } else {
+                    *overflowed = true;
+                }
+                None
+            }
+            ReplayState::Live => Some(item.packet),
+        }
+    }
+
+    /// Emits the buffered messages the replay did not cover and turns live. Holding the lock
+    /// while emitting keeps a concurrent live message behind them. False if it overflowed.
+    fn finish(&self, socket: &SioSocket, skip: impl Fn(&Buffered) -> bool) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let ReplayState::Buffering { items, overflowed } =
+            std::mem::replace(&mut *state, ReplayState::Live)
+        else {
+            return true;
+        };
+        if overflowed {
+            return false;
+        }
+        for item in items.into_iter().filter(|i| !skip(i)) {
+            let _ = socket.emit(item.packet);
+        }
+        true
+    }
+}
+
+/// Why a session could not be restored; the client then gets a fresh session.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RestoreError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored session is unreadable: {0}")]
+    Session(#[from] roomcast_shared::wire::SessionError),
+    #[error("room subscriptions not confirmed in time")]
+    Subscriptions,
+    #[error("history of a room no longer covers what the client missed")]
+    HistoryGone,
+    #[error("too many live messages arrived during the replay")]
+    Overflow,
+}
+
+pub(crate) struct Sessions {
+    pub(crate) commands: ConnectionManager,
+    pub(crate) keys: KeySpace,
+    pub(crate) rooms: Arc<LocalRooms>,
+    pub(crate) window: Duration,
+    pub(crate) history_max_len: usize,
+    pub(crate) request_timeout: Duration,
+    /// Session writes still in flight; waited for on shutdown.
+    pub(crate) writes: TaskTracker,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Sessions {
+    fn topic_channel(&self, nsp: &str, room: Option<&str>) -> String {
+        match room {
+            Some(room) => self.keys.room(nsp, room).into_channel(),
+            None => self.keys.namespace(nsp).into_channel(),
+        }
+    }
+
+    /// Stores the session of a socket that left without asking to (transport closed, server
+    /// shutdown), and keeps its topics' history being written for the window.
+    pub(crate) fn save(
+        &self,
+        socket: &SioSocket,
+        pid: &str,
+        departures: Vec<(Option<String>, Departure)>,
+    ) {
+        let topics: Vec<TopicPosition> = departures
+            .into_iter()
+            .map(|(room, d)| {
+                let base = d.base.unwrap_or_default();
+                TopicPosition {
+                    room,
+                    base,
+                    last: d.last.unwrap_or(base),
+                }
+            })
+            .collect();
+        let record = SessionRecord {
+            version: SESSION_VERSION,
+            sid: socket.id().to_string(),
+            nsp: socket.nsp().to_string(),
+            topics,
+            disconnected_at_ms: now_ms(),
+        };
+        let bytes = match record.encode() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a session; the client will get a fresh one");
+                return;
+            }
+        };
+        let window_ms = self.window.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.session(pid))
+            .arg(bytes)
+            .arg("PX")
+            .arg(window_ms)
+            .ignore();
+        for t in &record.topics {
+            let channel = self.topic_channel(&record.nsp, t.room.as_deref());
+            let hold = roomcast_shared::wire::Topic::from_channel(channel).hold_key();
+            pipe.cmd("SET")
+                .arg(hold)
+                .arg(1)
+                .arg("PX")
+                .arg(window_ms)
+                .ignore();
+        }
+        let mut commands = self.commands.clone();
+        let sid = record.sid;
+        self.writes.spawn(async move {
+            match pipe.query_async::<()>(&mut commands).await {
+                Ok(()) => tracing::debug!(%sid, "session saved"),
+                Err(error) => tracing::warn!(%error, %sid, "could not save a session; the client will get a fresh one"),
+            }
+        });
+    }
+
+    /// Restores the session `pid` into a new socket on this gateway: same id, same rooms, the
+    /// missed messages written before the CONNECT reply. `Ok(None)` when there is no such
+    /// session (expired, unknown, or another namespace).
+    pub(crate) async fn restore(
+        &self,
+        request: &ConnectRequest,
+        pid: &str,
+        offset: Option<StreamId>,
+    ) -> Result<Option<Accepted>, RestoreError> {
+        let mut commands = self.commands.clone();
+        // GETDEL: a session is restored at most once, so a replayed pid cannot take it over.
+        let stored: Option<Vec<u8>> = redis::cmd("GETDEL")
+            .arg(self.keys.session(pid))
+            .query_async(&mut commands)
+            .await?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let record = SessionRecord::decode(&stored)?;
+        if *record.nsp != *request.nsp {
+            return Ok(None);
+        }
+        let socket = request.socket(Some(record.sid.as_str().into()));
+        let buffer = ReplayBuffer::new();
+        let mut topics = Vec::with_capacity(record.topics.len());
+        let mut generation = 0;
+        for t in &record.topics {
+            let channel: Arc<str> = self.topic_channel(&record.nsp, t.room.as_deref()).into();
+            if let Some(room) = &t.room {
+                socket.add_room(&Arc::from(room.as_str()));
+            }
+            generation = generation.max(self.rooms.add(&channel, &socket, Some(buffer.clone())));
+            topics.push((channel, t));
+        }
+        let result = self
+            .replay(&socket, &buffer, &topics, offset, generation)
+            .await;
+        match result {
+            Ok(()) => Ok(Some(Accepted {
+                socket,
+                pid: Some(pid.into()),
+            })),
+            Err(error) => {
+                for (channel, _) in &topics {
+                    self.rooms.remove(channel, socket.id());
+                }
+                socket.take_rooms();
+                Err(error)
+            }
+        }
+    }
+
+    async fn replay(
+        &self,
+        socket: &Arc<SioSocket>,
+        buffer: &ReplayBuffer,
+        topics: &[(Arc<str>, &TopicPosition)],
+        offset: Option<StreamId>,
+        generation: u64,
+    ) -> Result<(), RestoreError> {
+        // Listen first: anything published after this point reaches the buffer, anything
+        // before it is in the history read next; the overlap is removed by seq.
+        if tokio::time::timeout(self.request_timeout, self.rooms.wait_applied(generation))
+            .await
+            .is_err()
+        {
+            return Err(RestoreError::Subscriptions);
+        }
+        let count = self.history_max_len + 1;
+        let mut pipe = redis::pipe();
+        let mut plans = Vec::with_capacity(topics.len());
+        for (channel, t) in topics {
+            let topic = roomcast_shared::wire::Topic::from_channel(&**channel);
+            let hist = topic.history_key();
+            pipe.cmd("HGET").arg(topic.meta_key()).arg("seq");
+            let plan = match offset {
+                // Everything sent was sent before X, so it was received.
+                Some(x) if t.last.src <= x => {
+                    history::range_after(&mut pipe, &hist, t.last.src, count);
+                    Plan::Last
+                }
+                Some(x) => {
+                    history::last_at_or_before(&mut pipe, &hist, x);
+                    history::range_after(&mut pipe, &hist, x, count);
+                    Plan::Offset
+                }
+                None => {
+                    history::range_after(&mut pipe, &hist, t.base.src, count);
+                    Plan::Base
+                }
+            };
+            plans.push(plan);
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut self.commands.clone()).await?;
+        let mut replies = replies.into_iter();
+
+        let mut merged: BTreeMap<StreamId, Envelope> = BTreeMap::new();
+        let mut ends: HashMap<Arc<str>, Position> = HashMap::new();
+        for ((channel, t), plan) in topics.iter().zip(plans) {
+            let meta_seq: u64 = match replies.next() {
+                Some(Value::BulkString(b)) => std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            // `prev`: the last message of the topic the client has (or that predates its join).
+            let prev = match plan {
+                Plan::Last => t.last,
+                Plan::Base => t.base,
+                Plan::Offset => {
+                    let at = history::parse_entries(replies.next().unwrap_or(Value::Nil));
+                    match at.first() {
+                        Some(e) if e.envelope.seq > t.base.seq => Position {
+                            seq: e.envelope.seq,
+                            src: e.src,
+                        },
+                        _ => t.base,
+                    }
+                }
+            };
+            let entries: Vec<HistoryEntry> =
+                history::parse_entries(replies.next().unwrap_or(Value::Nil))
+                    .into_iter()
+                    .filter(|e| e.envelope.seq > prev.seq)
+                    .collect();
+            let contiguous = match entries.first() {
+                Some(first) => first.envelope.seq == prev.seq + 1,
+                None => meta_seq <= prev.seq,
+            };
+            if !contiguous || entries.len() > self.history_max_len {
+                tracing::debug!(topic = %channel, prev = prev.seq, meta_seq, "history does not cover the gap");
+                return Err(RestoreError::HistoryGone);
+            }
+            let end = entries.last().map_or(prev, |e| Position {
+                seq: e.envelope.seq,
+                src: e.src,
+            });
+            ends.insert(channel.clone(), end);
+            for e in entries {
+                merged.entry(e.src).or_insert(e.envelope);
+            }
+        }
+
+        // One gateway sends in publish order; so does the replay, across all rooms, each message
+        // once even when it targeted several of the socket's rooms.
+        let mut replayed = HashSet::with_capacity(merged.len());
+        for (src, envelope) in merged {
+            replayed.insert(src);
+            if !envelope.body.except.is_empty() && socket.in_any(&envelope.body.except) {
+                continue;
+            }
+            let _ = socket.emit(event_packet(&envelope.body, Some(src)));
+        }
+        for (channel, end) in &ends {
+            self.rooms.set_base(channel, socket.id(), *end);
+        }
+        let finished = buffer.finish(socket, |item| {
+            replayed.contains(&item.src)
+                || ends
+                    .get(&item.channel)
+                    .is_some_and(|end| item.seq <= end.seq)
+                || offset.is_some_and(|x| item.src <= x)
+        });
+        if finished {
+            Ok(())
+        } else {
+            Err(RestoreError::Overflow)
+        }
+    }
+}
+
+/// Where a topic's replay starts reading history.
+enum Plan {
+    /// Everything sent was received: after `last`.
+    Last,
+    /// Some sent messages may be lost: after the client's offset.
+    Offset,
+    /// The client received nothing: after `base`.
+    Base,
+}
+
+/// Reads `{pid, offset}` from a CONNECT payload, as the official client sends them.
+pub(crate) fn recovery_request(auth: &Json) -> Option<(String, Option<StreamId>)> {
+    let pid = auth.get("pid")?.as_str()?.to_owned();
+    // A malformed offset cannot be honoured exactly: the client gets a fresh session.
+    let offset = match auth.get("offset") {
+        None | Some(Json::Null) => None,
+        Some(value) => Some(StreamId::parse(value.as_str()?)?),
+    };
+    Some((pid, offset))
+}

@@ -1,0 +1,122 @@
+//! The recovery session (contract v1): what a gateway stores at `<prefix>:session:{<pid>}` when a
+//! socket disconnects, so that any gateway can restore it within the recovery window. Encoded
+//! with rmp-serde (structs as arrays, fields only appended), like the envelope.
+
+use serde::{Deserialize, Serialize};
+
+use super::StreamId;
+
+/// The session format version this code writes and reads.
+pub const SESSION_VERSION: u8 = 1;
+
+/// A place in one topic's sequence: the topic's `seq` and the source id of that message.
+/// `seq` 0 / src `0-0` means "before the first message".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub seq: u64,
+    pub src: StreamId,
+}
+
+/// The socket's place in one topic when it disconnected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPosition {
+    /// The room, or `None` for the namespace-wide topic.
+    pub room: Option<String>,
+    /// Where the topic stood when the socket joined it: the socket was sent only later messages.
+    pub base: Position,
+    /// The last message of the topic the gateway had delivered when the socket left: later ones
+    /// were never sent to it. Messages between `base` and `last` were sent; the client's offset
+    /// says which of them it received.
+    pub last: Position,
+}
+
+/// A disconnected socket, as needed to restore it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub version: u8,
+    /// The socket id the client gets back.
+    pub sid: String,
+    pub nsp: String,
+    /// Every topic the socket was in: its rooms and its namespace.
+    pub topics: Vec<TopicPosition>,
+    /// When the gateway noticed the disconnection (unix ms).
+    pub disconnected_at_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("unsupported session version {0}")]
+    UnsupportedVersion(u8),
+    #[error("malformed session: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("cannot encode session: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+impl SessionRecord {
+    pub fn encode(&self) -> Result<Vec<u8>, SessionError> {
+        Ok(rmp_serde::to_vec(self)?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, SessionError> {
+        let record: Self = rmp_serde::from_slice(bytes)?;
+        if record.version != SESSION_VERSION {
+            return Err(SessionError::UnsupportedVersion(record.version));
+        }
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_golden_bytes() {
+        let record = SessionRecord {
+            version: 1,
+            sid: "s".into(),
+            nsp: "/".into(),
+            topics: vec![TopicPosition {
+                room: Some("r".into()),
+                base: Position {
+                    seq: 1,
+                    src: StreamId { ms: 2, seq: 0 },
+                },
+                last: Position {
+                    seq: 3,
+                    src: StreamId { ms: 4, seq: 1 },
+                },
+            }],
+            disconnected_at_ms: 9,
+        };
+        let bytes = record.encode().expect("encodes");
+        let expected: &[u8] = &[
+            0x95, 0x01, 0xa1, b's', 0xa1, b'/', // [1, "s", "/",
+            0x91, 0x93, 0xa1, b'r', // [[ "r",
+            0x92, 0x01, 0x92, 0x02, 0x00, // [1, [2, 0]],
+            0x92, 0x03, 0x92, 0x04, 0x01, // [3, [4, 1]]]],
+            0x09, // 9]
+        ];
+        assert_eq!(bytes, expected);
+        assert_eq!(SessionRecord::decode(&bytes).expect("decodes"), record);
+    }
+
+    #[test]
+    fn rejects_other_versions() {
+        let mut record = SessionRecord {
+            version: 2,
+            sid: "s".into(),
+            nsp: "/".into(),
+            topics: vec![],
+            disconnected_at_ms: 0,
+        };
+        let bytes = record.encode().expect("encodes");
+        assert!(matches!(
+            SessionRecord::decode(&bytes),
+            Err(SessionError::UnsupportedVersion(2))
+        ));
+        record.version = 1;
+        assert!(SessionRecord::decode(b"junk").is_err());
+    }
+}
