@@ -164,6 +164,7 @@ impl Dispatcher {
                 seq: envelope.seq,
                 src,
             });
+            entry.arrived(src);
             if !first_copy {
                 return;
             }
@@ -207,8 +208,13 @@ impl Dispatcher {
             if body.rooms.len() > 1 {
                 let mut seen: HashSet<Arc<str>> = HashSet::new();
                 for room in &body.rooms {
-                    if let Some(entry) = topics.get(self.keys.room(&body.nsp, room).channel()) {
-                        send(entry, Some(&mut seen));
+                    let target = self.keys.room(&body.nsp, room);
+                    if let Some(other) = topics.get(target.channel()) {
+                        send(other, Some(&mut seen));
+                        if target.channel() != channel {
+                            // Its members have it now, before that room's own copy arrives.
+                            other.delivered_ahead(src);
+                        }
                     }
                 }
             } else {

@@ -154,6 +154,7 @@ impl Sessions {
                     room,
                     base,
                     last: d.last.unwrap_or(base),
+                    ahead: d.ahead,
                 }
             })
             .collect();
@@ -305,38 +306,17 @@ impl Sessions {
                     .unwrap_or(0),
                 _ => 0,
             };
-            // `prev`: the last message of the topic the client has (or that predates its join).
-            let prev = match plan {
-                Plan::Last => t.last,
-                Plan::Base => t.base,
-                Plan::Offset => {
-                    let at = history::parse_entries(replies.next().unwrap_or(Value::Nil));
-                    match at.first() {
-                        Some(e) if e.envelope.seq > t.base.seq => Position {
-                            seq: e.envelope.seq,
-                            src: e.src,
-                        },
-                        _ => t.base,
-                    }
-                }
+            let at = match plan {
+                Plan::Offset => history::parse_entries(replies.next().unwrap_or(Value::Nil)),
+                Plan::Last | Plan::Base => Vec::new(),
             };
-            let entries: Vec<HistoryEntry> =
-                history::parse_entries(replies.next().unwrap_or(Value::Nil))
-                    .into_iter()
-                    .filter(|e| e.envelope.seq > prev.seq)
-                    .collect();
-            let contiguous = match entries.first() {
-                Some(first) => first.envelope.seq == prev.seq + 1,
-                None => meta_seq <= prev.seq,
-            };
-            if !contiguous || entries.len() > self.history_max_len {
-                tracing::debug!(topic = %channel, prev = prev.seq, meta_seq, "history does not cover the gap");
+            let read = history::parse_entries(replies.next().unwrap_or(Value::Nil));
+            let Some((end, entries)) =
+                topic_replay(t, &plan, at.first(), read, meta_seq, self.history_max_len)
+            else {
+                tracing::debug!(topic = %channel, meta_seq, "history does not cover what the client missed");
                 return Err(RestoreError::HistoryGone);
-            }
-            let end = entries.last().map_or(prev, |e| Position {
-                seq: e.envelope.seq,
-                src: e.src,
-            });
+            };
             ends.insert(channel.clone(), end);
             for e in entries {
                 merged.entry(e.src).or_insert(e.envelope);
@@ -371,6 +351,56 @@ impl Sessions {
     }
 }
 
+/// One topic's part of a replay, from what was read: the messages to send (in seq order) and
+/// where the socket will stand afterwards. `None` when the history no longer covers it.
+///
+/// `at` is the last history entry at or before the client's offset (read for `Plan::Offset`),
+/// `read` the entries read after the plan's starting point, `meta_seq` the topic's seq in Redis
+/// read before them.
+fn topic_replay(
+    t: &TopicPosition,
+    plan: &Plan,
+    at: Option<&HistoryEntry>,
+    read: Vec<HistoryEntry>,
+    meta_seq: u64,
+    max_len: usize,
+) -> Option<(Position, Vec<HistoryEntry>)> {
+    // `prev`: the last message of the topic the client has (or that predates its join).
+    let prev = match plan {
+        Plan::Last => t.last,
+        Plan::Base => t.base,
+        Plan::Offset => match at {
+            Some(e) if e.envelope.seq > t.base.seq => Position {
+                seq: e.envelope.seq,
+                src: e.src,
+            },
+            _ => t.base,
+        },
+    };
+    let entries: Vec<HistoryEntry> = read
+        .into_iter()
+        .filter(|e| e.envelope.seq > prev.seq)
+        .collect();
+    let contiguous = match entries.first() {
+        Some(first) => first.envelope.seq == prev.seq + 1,
+        None => meta_seq <= prev.seq,
+    };
+    if !contiguous || entries.len() > max_len {
+        return None;
+    }
+    let end = entries.last().map_or(prev, |e| Position {
+        seq: e.envelope.seq,
+        src: e.src,
+    });
+    // Multi-room messages the old gateway delivered through another room's copy are after
+    // `last` here but were sent: not again.
+    let entries = entries
+        .into_iter()
+        .filter(|e| !t.ahead.contains(&e.src))
+        .collect();
+    Some((end, entries))
+}
+
 /// Where a topic's replay starts reading history.
 enum Plan {
     /// Everything sent was received: after `last`.
@@ -390,4 +420,139 @@ pub(crate) fn recovery_request(auth: &Json) -> Option<(String, Option<StreamId>)
         Some(value) => Some(StreamId::parse(value.as_str()?)?),
     };
     Some((pid, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomcast_shared::wire::EnvelopeBody;
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    fn pos(seq: u64, ms: u64) -> Position {
+        Position { seq, src: id(ms) }
+    }
+
+    /// History entry `seq` with source id `ms-0`.
+    fn entry(seq: u64, ms: u64) -> HistoryEntry {
+        let body = EnvelopeBody {
+            source_id: id(ms).to_string(),
+            nsp: "/".into(),
+            rooms: vec!["r".into()],
+            except: vec![],
+            data: "[\"e\"]".into(),
+            published_at_ms: ms,
+            traceparent: None,
+        };
+        HistoryEntry {
+            src: id(ms),
+            envelope: Envelope {
+                version: 1,
+                seq,
+                body,
+            },
+        }
+    }
+
+    fn topic(base: Position, last: Position, ahead: Vec<StreamId>) -> TopicPosition {
+        TopicPosition {
+            room: Some("r".into()),
+            base,
+            last,
+            ahead,
+        }
+    }
+
+    fn seqs(r: Option<(Position, Vec<HistoryEntry>)>) -> Option<(u64, Vec<u64>)> {
+        r.map(|(end, e)| (end.seq, e.iter().map(|e| e.envelope.seq).collect()))
+    }
+
+    #[test]
+    fn everything_sent_was_received_replays_what_came_after_last() {
+        let t = topic(pos(2, 20), pos(5, 50), vec![]);
+        let read = vec![entry(6, 60), entry(7, 70)];
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Last, None, read, 7, 100)),
+            Some((7, vec![6, 7]))
+        );
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Last, None, vec![], 5, 100)),
+            Some((5, vec![])),
+            "nothing new"
+        );
+    }
+
+    #[test]
+    fn in_flight_messages_after_the_offset_are_replayed() {
+        // Sent up to seq 5; the client's offset is the message with seq 3 (src 30).
+        let t = topic(pos(0, 0), pos(5, 50), vec![]);
+        let at = entry(3, 30);
+        let read = vec![entry(4, 40), entry(5, 50), entry(6, 60)];
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Offset, Some(&at), read, 6, 100)),
+            Some((6, vec![4, 5, 6]))
+        );
+    }
+
+    #[test]
+    fn an_offset_from_before_the_join_replays_from_the_join() {
+        // Joined at seq 4; the client's last offset (any room) predates that.
+        let t = topic(pos(4, 40), pos(6, 60), vec![]);
+        let at = entry(2, 20);
+        let read = vec![entry(3, 30), entry(4, 40), entry(5, 50), entry(6, 60)];
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Offset, Some(&at), read, 6, 100)),
+            Some((6, vec![5, 6]))
+        );
+    }
+
+    #[test]
+    fn nothing_received_replays_everything_since_the_join() {
+        let t = topic(pos(4, 40), pos(5, 50), vec![]);
+        let read = vec![entry(5, 50)];
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Base, None, read, 5, 100)),
+            Some((5, vec![5]))
+        );
+    }
+
+    #[test]
+    fn trimmed_or_expired_history_means_a_fresh_session() {
+        let t = topic(pos(0, 0), pos(5, 50), vec![]);
+        assert_eq!(
+            seqs(topic_replay(
+                &t,
+                &Plan::Last,
+                None,
+                vec![entry(8, 80)],
+                8,
+                100
+            )),
+            None,
+            "6 and 7 trimmed"
+        );
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Last, None, vec![], 9, 100)),
+            None,
+            "history expired, seq moved on"
+        );
+        let read = (6..=10).map(|s| entry(s, s * 10)).collect();
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Last, None, read, 10, 3)),
+            None,
+            "more than the cap"
+        );
+    }
+
+    #[test]
+    fn multi_room_messages_delivered_through_another_room_are_not_sent_again() {
+        let t = topic(pos(0, 0), pos(5, 50), vec![id(60)]);
+        let read = vec![entry(6, 60), entry(7, 70)];
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Last, None, read, 7, 100)),
+            Some((7, vec![7]))
+        );
+    }
 }

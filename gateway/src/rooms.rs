@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
@@ -71,12 +71,45 @@ pub(crate) struct TopicEntry {
     pub(crate) last: PositionCell,
     /// The position the topic was initialised with when first subscribed.
     initial: Option<Position>,
+    /// Multi-room messages already delivered to this topic's members through another room's
+    /// copy, whose own copy has not arrived yet (see `Departure::ahead`).
+    ahead: Mutex<Vec<StreamId>>,
+}
+
+/// Most entries kept in `TopicEntry::ahead`; copies of one message arrive back to back, so this
+/// only bounds a pathological case.
+const MAX_AHEAD: usize = 256;
+
+impl TopicEntry {
+    fn ahead(&self) -> std::sync::MutexGuard<'_, Vec<StreamId>> {
+        self.ahead.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A multi-room message reached this topic's members through another room's copy.
+    pub(crate) fn delivered_ahead(&self, src: StreamId) {
+        let mut ahead = self.ahead();
+        if ahead.len() == MAX_AHEAD {
+            ahead.remove(0);
+        }
+        ahead.push(src);
+    }
+
+    /// This topic's own copy of a message arrived.
+    pub(crate) fn arrived(&self, src: StreamId) {
+        let mut ahead = self.ahead();
+        if !ahead.is_empty() {
+            ahead.retain(|s| *s != src);
+        }
+    }
 }
 
 /// What a socket leaving a topic takes with it, for its recovery session.
 pub(crate) struct Departure {
     pub(crate) base: Option<Position>,
     pub(crate) last: Option<Position>,
+    /// Delivered although after `last` (multi-room messages whose copy for this topic had not
+    /// arrived): a replay must not send them again.
+    pub(crate) ahead: Vec<StreamId>,
 }
 
 #[derive(Default)]
@@ -158,6 +191,7 @@ impl LocalRooms {
         let departure = Departure {
             base: member.base.or(entry.initial),
             last: entry.last.get(),
+            ahead: entry.ahead().clone(),
         };
         if entry.members.is_empty() {
             inner.topics.remove(channel);

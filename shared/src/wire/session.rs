@@ -28,6 +28,10 @@ pub struct TopicPosition {
     /// were never sent to it. Messages between `base` and `last` were sent; the client's offset
     /// says which of them it received.
     pub last: Position,
+    /// Messages to several rooms that reached the socket through another room's copy while
+    /// this topic's own copy had not arrived yet: they are after `last` but were delivered.
+    #[serde(default)]
+    pub ahead: Vec<StreamId>,
 }
 
 /// A disconnected socket, as needed to restore it.
@@ -87,15 +91,17 @@ mod tests {
                     seq: 3,
                     src: StreamId { ms: 4, seq: 1 },
                 },
+                ahead: vec![StreamId { ms: 5, seq: 0 }],
             }],
             disconnected_at_ms: 9,
         };
         let bytes = record.encode().expect("encodes");
         let expected: &[u8] = &[
             0x95, 0x01, 0xa1, b's', 0xa1, b'/', // [1, "s", "/",
-            0x91, 0x93, 0xa1, b'r', // [[ "r",
+            0x91, 0x94, 0xa1, b'r', // [[ "r",
             0x92, 0x01, 0x92, 0x02, 0x00, // [1, [2, 0]],
-            0x92, 0x03, 0x92, 0x04, 0x01, // [3, [4, 1]]]],
+            0x92, 0x03, 0x92, 0x04, 0x01, // [3, [4, 1]],
+            0x91, 0x92, 0x05, 0x00, // [[5, 0]]]],
             0x09, // 9]
         ];
         assert_eq!(bytes, expected);
