@@ -95,6 +95,8 @@ pub(crate) struct Dispatcher {
     recent: RecentIds,
     /// Append offsets (recovery on) and repair gaps from history.
     recovery: bool,
+    /// The largest source id delivered so far (on any topic): the send order's high mark.
+    high: StreamId,
 }
 
 /// Delivery with history access for gap repair; owned by the subscription's reading task.
@@ -111,6 +113,7 @@ impl Dispatcher {
             keys,
             recent: RecentIds::new(16_384),
             recovery,
+            high: StreamId::default(),
         }
     }
 
@@ -141,12 +144,24 @@ impl Dispatcher {
     }
 
     /// Delivers a message that is next in its topic, and advances the topic's position.
+    /// `late`: delivered by a gap repair, after messages up to this source id were sent.
     pub(crate) fn deliver_in_order(
         &mut self,
         channel: &str,
         envelope: &Envelope,
         src: StreamId,
     ) -> Delivered {
+        self.deliver_marked(channel, envelope, src, None)
+    }
+
+    fn deliver_marked(
+        &mut self,
+        channel: &str,
+        envelope: &Envelope,
+        src: StreamId,
+        late: Option<StreamId>,
+    ) -> Delivered {
+        self.high = self.high.max(src);
         let body = &envelope.body;
         let _span =
             tracing::debug_span!("deliver", source_id = %body.source_id, seq = envelope.seq)
@@ -165,6 +180,9 @@ impl Dispatcher {
                 src,
             });
             entry.arrived(src);
+            if let Some(high) = late {
+                entry.delivered_late(src, high);
+            }
             if !first_copy {
                 return;
             }
@@ -269,6 +287,9 @@ impl Delivery {
                 return;
             }
         };
+        // Everything delivered so far was sent before these: remembered per topic so a recovery
+        // knows a client may have an offset past them without having them.
+        let high = self.dispatch.high;
         let mut expected = after.seq + 1;
         for entry in entries
             .into_iter()
@@ -279,7 +300,7 @@ impl Delivery {
             }
             expected += 1;
             self.dispatch
-                .deliver_in_order(channel, &entry.envelope, entry.src);
+                .deliver_marked(channel, &entry.envelope, entry.src, Some(high));
         }
         if expected == until {
             self.gaps_repaired += 1;

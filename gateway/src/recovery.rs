@@ -155,6 +155,7 @@ impl Sessions {
                     base,
                     last: d.last.unwrap_or(base),
                     ahead: d.ahead,
+                    late: d.late,
                 }
             })
             .collect();
@@ -269,7 +270,11 @@ impl Sessions {
             return Err(RestoreError::Subscriptions);
         }
         let count = self.history_max_len + 1;
+        // One MULTI/EXEC: every topic's history is read at the same instant, so everything in
+        // the replay was published before everything that only reaches the buffer, and the
+        // socket keeps receiving in publish order.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         let mut plans = Vec::with_capacity(topics.len());
         for (channel, t) in topics {
             let topic = roomcast_shared::wire::Topic::from_channel(&**channel);
@@ -291,14 +296,22 @@ impl Sessions {
                     Plan::Base
                 }
             };
-            plans.push(plan);
+            // Repaired messages sent after X although published before it: the client may lack them.
+            let late = late_unreceived(t, offset);
+            for src in &late {
+                pipe.cmd("XRANGE")
+                    .arg(&hist)
+                    .arg(src.to_string())
+                    .arg(src.to_string());
+            }
+            plans.push((plan, late.len()));
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.commands.clone()).await?;
         let mut replies = replies.into_iter();
 
         let mut merged: BTreeMap<StreamId, Envelope> = BTreeMap::new();
         let mut ends: HashMap<Arc<str>, Position> = HashMap::new();
-        for ((channel, t), plan) in topics.iter().zip(plans) {
+        for ((channel, t), (plan, late)) in topics.iter().zip(plans) {
             let meta_seq: u64 = match replies.next() {
                 Some(Value::BulkString(b)) => std::str::from_utf8(&b)
                     .ok()
@@ -320,6 +333,13 @@ impl Sessions {
             ends.insert(channel.clone(), end);
             for e in entries {
                 merged.entry(e.src).or_insert(e.envelope);
+            }
+            for _ in 0..late {
+                for e in history::parse_entries(replies.next().unwrap_or(Value::Nil)) {
+                    if e.envelope.seq > t.base.seq && !t.ahead.contains(&e.src) {
+                        merged.entry(e.src).or_insert(e.envelope);
+                    }
+                }
             }
         }
 
@@ -401,6 +421,17 @@ fn topic_replay(
     Some((end, entries))
 }
 
+/// Messages a gap repair delivered late (after messages up to `high`) that a client with offset
+/// X may not have: published before X (so not in the history read after X) but sent after it.
+fn late_unreceived(t: &TopicPosition, offset: Option<StreamId>) -> Vec<StreamId> {
+    let Some(x) = offset else { return Vec::new() };
+    t.late
+        .iter()
+        .filter(|(src, high)| *src < x && x <= *high)
+        .map(|(src, _)| *src)
+        .collect()
+}
+
 /// Where a topic's replay starts reading history.
 enum Plan {
     /// Everything sent was received: after `last`.
@@ -462,7 +493,36 @@ mod tests {
             base,
             last,
             ahead,
+            late: vec![],
         }
+    }
+
+    #[test]
+    fn late_repairs_sent_after_the_offset_are_fetched_again() {
+        // Message 40 was lost on pub/sub and repaired after messages up to 90 had been sent.
+        let mut t = topic(pos(0, 0), pos(9, 95), vec![]);
+        t.late = vec![(id(40), id(90))];
+        assert_eq!(
+            late_unreceived(&t, Some(id(60))),
+            vec![id(40)],
+            "X=60 was sent before the repair"
+        );
+        assert!(
+            late_unreceived(&t, Some(id(91))).is_empty(),
+            "X=91 came after the repair: 40 was received"
+        );
+        assert!(
+            late_unreceived(&t, Some(id(40))).is_empty(),
+            "X is the message itself"
+        );
+        assert!(
+            late_unreceived(&t, Some(id(30))).is_empty(),
+            "after X anyway: read with the rest"
+        );
+        assert!(
+            late_unreceived(&t, None).is_empty(),
+            "no offset: everything since the join is read"
+        );
     }
 
     fn seqs(r: Option<(Position, Vec<HistoryEntry>)>) -> Option<(u64, Vec<u64>)> {

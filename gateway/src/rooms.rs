@@ -74,6 +74,9 @@ pub(crate) struct TopicEntry {
     /// Multi-room messages already delivered to this topic's members through another room's
     /// copy, whose own copy has not arrived yet (see `Departure::ahead`).
     ahead: Mutex<Vec<StreamId>>,
+    /// Messages delivered out of publish order by a gap repair, with the largest source id sent
+    /// before them (see `Departure::late`).
+    late: Mutex<Vec<(StreamId, StreamId)>>,
 }
 
 /// Most entries kept in `TopicEntry::ahead`; copies of one message arrive back to back, so this
@@ -94,6 +97,15 @@ impl TopicEntry {
         ahead.push(src);
     }
 
+    /// A gap repair delivered `src` after messages up to `high` had been sent.
+    pub(crate) fn delivered_late(&self, src: StreamId, high: StreamId) {
+        let mut late = self.late.lock().unwrap_or_else(PoisonError::into_inner);
+        if late.len() == MAX_AHEAD {
+            late.remove(0);
+        }
+        late.push((src, high));
+    }
+
     /// This topic's own copy of a message arrived.
     pub(crate) fn arrived(&self, src: StreamId) {
         let mut ahead = self.ahead();
@@ -110,6 +122,8 @@ pub(crate) struct Departure {
     /// Delivered although after `last` (multi-room messages whose copy for this topic had not
     /// arrived): a replay must not send them again.
     pub(crate) ahead: Vec<StreamId>,
+    /// Delivered out of publish order by gap repairs: `(message, largest source id sent before)`.
+    pub(crate) late: Vec<(StreamId, StreamId)>,
 }
 
 #[derive(Default)]
@@ -192,6 +206,11 @@ impl LocalRooms {
             base: member.base.or(entry.initial),
             last: entry.last.get(),
             ahead: entry.ahead().clone(),
+            late: entry
+                .late
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         };
         if entry.members.is_empty() {
             inner.topics.remove(channel);

@@ -32,6 +32,11 @@ pub struct TopicPosition {
     /// this topic's own copy had not arrived yet: they are after `last` but were delivered.
     #[serde(default)]
     pub ahead: Vec<StreamId>,
+    /// Messages sent out of publish order because a gap was repaired: `(message, high)` where
+    /// `high` is the largest source id the gateway had sent before it. A client whose offset X
+    /// has `message < X <= high` got X before the message, so it may not have received it.
+    #[serde(default)]
+    pub late: Vec<(StreamId, StreamId)>,
 }
 
 /// A disconnected socket, as needed to restore it.
@@ -92,16 +97,18 @@ mod tests {
                     src: StreamId { ms: 4, seq: 1 },
                 },
                 ahead: vec![StreamId { ms: 5, seq: 0 }],
+                late: vec![],
             }],
             disconnected_at_ms: 9,
         };
         let bytes = record.encode().expect("encodes");
         let expected: &[u8] = &[
             0x95, 0x01, 0xa1, b's', 0xa1, b'/', // [1, "s", "/",
-            0x91, 0x94, 0xa1, b'r', // [[ "r",
+            0x91, 0x95, 0xa1, b'r', // [[ "r",
             0x92, 0x01, 0x92, 0x02, 0x00, // [1, [2, 0]],
             0x92, 0x03, 0x92, 0x04, 0x01, // [3, [4, 1]],
-            0x91, 0x92, 0x05, 0x00, // [[5, 0]]]],
+            0x91, 0x92, 0x05, 0x00, // [[5, 0]],
+            0x90, // []]],
             0x09, // 9]
         ];
         assert_eq!(bytes, expected);
