@@ -16,6 +16,7 @@ use crate::{
     recovery::Buffered,
     rooms::{LocalRooms, TopicEntry},
     sio::packet,
+    stats::GatewayStats,
 };
 
 /// Source ids of recent multi-room deliveries. A request to rooms `[a, b]` arrives once per
@@ -103,7 +104,7 @@ pub(crate) struct Dispatcher {
 pub(crate) struct Delivery {
     dispatch: Dispatcher,
     commands: ConnectionManager,
-    pub(crate) gaps_repaired: u64,
+    stats: Arc<GatewayStats>,
 }
 
 impl Dispatcher {
@@ -250,11 +251,15 @@ impl Dispatcher {
 }
 
 impl Delivery {
-    pub(crate) fn new(dispatch: Dispatcher, commands: ConnectionManager) -> Self {
+    pub(crate) fn new(
+        dispatch: Dispatcher,
+        commands: ConnectionManager,
+        stats: Arc<GatewayStats>,
+    ) -> Self {
         Self {
             dispatch,
             commands,
-            gaps_repaired: 0,
+            stats,
         }
     }
 
@@ -301,9 +306,10 @@ impl Delivery {
             expected += 1;
             self.dispatch
                 .deliver_marked(channel, &entry.envelope, entry.src, Some(high));
+            self.stats.gap_messages.inc();
         }
         if expected == until {
-            self.gaps_repaired += 1;
+            self.stats.gaps_repaired.inc();
             tracing::info!(
                 channel,
                 from = after.seq + 1,
@@ -311,6 +317,7 @@ impl Delivery {
                 "gap on the live path repaired from history"
             );
         } else {
+            self.stats.gaps_unrepaired.inc();
             tracing::warn!(
                 channel,
                 missing_from = expected,

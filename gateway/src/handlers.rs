@@ -121,7 +121,14 @@ impl Gateway {
     /// Tries to restore the session the client asks for; `None` means a fresh session.
     async fn recover(&self, sessions: &Sessions, request: &ConnectRequest) -> Option<Accepted> {
         let (pid, offset) = recovery_request(&request.auth)?;
-        match sessions.restore(request, &pid, offset).await {
+        let restored = sessions.restore(request, &pid, offset).await;
+        let counter = if matches!(restored, Ok(Some(_))) {
+            &sessions.stats.recoveries
+        } else {
+            &sessions.stats.recoveries_failed
+        };
+        counter.inc();
+        match restored {
             Ok(Some(accepted)) => {
                 tracing::info!(sid = %accepted.socket.id(), "session recovered");
                 Some(accepted)

@@ -9,6 +9,7 @@ mod membership;
 mod recovery;
 mod rooms;
 pub mod sio;
+mod stats;
 mod subscriptions;
 
 use std::{sync::Arc, time::Duration};
@@ -27,6 +28,7 @@ use crate::{
     recovery::Sessions,
     rooms::LocalRooms,
     sio::{SioConfig, SioServer},
+    stats::GatewayStats,
     subscriptions::{READY_SUBSCRIPTIONS, Subscriptions},
 };
 
@@ -50,6 +52,7 @@ pub async fn run(
     let readiness = Readiness::new(&[READY_REDIS, READY_SUBSCRIPTIONS]);
     readiness.set(READY_REDIS, true);
     let rooms = Arc::new(LocalRooms::new());
+    let stats = Arc::new(GatewayStats::default());
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
 
@@ -63,6 +66,7 @@ pub async fn run(
             readiness: readiness.clone(),
             recovery: config.recovery.enabled(),
             probe_interval: config.subscription_probe_interval,
+            stats: stats.clone(),
         }
         .run(background_stop.clone()),
     );
@@ -88,6 +92,7 @@ pub async fn run(
         history_max_len: config.recovery.history_max_len,
         request_timeout: config.request_timeout,
         writes: session_writes.clone(),
+        stats: stats.clone(),
     });
     let app = Arc::new(Gateway {
         rooms: rooms.clone(),
@@ -137,7 +142,7 @@ pub async fn run(
     if let Err(error) = membership::remove_gateway(&mut commands, &keys, &gateway_id).await {
         tracing::warn!(%error, "could not remove this gateway's memberships; others will reap them");
     }
-    tracing::info!("gateway stopped");
+    tracing::info!(counters = %stats.summary(), "gateway stopped");
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use crate::{
     history::{self, HistoryEntry},
     rooms::{Departure, LocalRooms},
     sio::{Accepted, ConnectRequest, SioSocket},
+    stats::GatewayStats,
 };
 
 /// Live messages a recovering socket may accumulate while its replay is read.
@@ -122,6 +123,7 @@ pub(crate) struct Sessions {
     pub(crate) request_timeout: Duration,
     /// Session writes still in flight; waited for on shutdown.
     pub(crate) writes: TaskTracker,
+    pub(crate) stats: Arc<GatewayStats>,
 }
 
 fn now_ms() -> u64 {
@@ -351,6 +353,7 @@ impl Sessions {
             if !envelope.body.except.is_empty() && socket.in_any(&envelope.body.except) {
                 continue;
             }
+            self.stats.replayed_events.inc();
             let _ = socket.emit(event_packet(&envelope.body, Some(src)));
         }
         for (channel, end) in &ends {

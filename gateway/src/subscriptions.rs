@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     delivery::{Delivery, Dispatcher},
     rooms::LocalRooms,
+    stats::GatewayStats,
 };
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command, to bound one command's size.
@@ -35,6 +36,7 @@ pub(crate) struct Subscriptions {
     pub(crate) recovery: bool,
     /// How often the subscription connection is PINGed to prove it still delivers.
     pub(crate) probe_interval: Duration,
+    pub(crate) stats: Arc<GatewayStats>,
 }
 
 impl Subscriptions {
@@ -64,7 +66,7 @@ impl Subscriptions {
             let mut resubscribed = Some(resubscribed);
             let mut delivery = tokio::spawn(deliver_loop(
                 stream,
-                Delivery::new(dispatch, self.commands.clone()),
+                Delivery::new(dispatch, self.commands.clone(), self.stats.clone()),
                 resubscribed_rx,
             ));
             // A new connection has no subscriptions: rewrite everything.
@@ -108,6 +110,7 @@ impl Subscriptions {
                         // stay green while nothing is delivered. A PING answered proves it works.
                         let pong = tokio::time::timeout(self.probe_interval, sink.ping::<redis::Value>()).await;
                         if !matches!(pong, Ok(Ok(_))) {
+                            self.stats.probe_failures.inc();
                             tracing::warn!("Redis subscription connection does not answer; reconnecting");
                             break;
                         }
@@ -115,6 +118,7 @@ impl Subscriptions {
                 }
             }
             self.readiness.set(READY_SUBSCRIPTIONS, false);
+            self.stats.subscription_reconnects.inc();
             delivery.abort();
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -1,0 +1,57 @@
+//! The gateway's counters. Kept as plain atomics so the hot paths pay one relaxed add; the
+//! operations issue exports them as Prometheus metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct GatewayStats {
+    /// Sessions restored (`recovered === true`).
+    pub(crate) recoveries: Counter,
+    /// Clients that asked to recover but got a fresh session (expired, unknown, history gone).
+    pub(crate) recoveries_failed: Counter,
+    /// Events written by recovery replays.
+    pub(crate) replayed_events: Counter,
+    /// Gaps on the live path filled from history, and the messages that filled them.
+    pub(crate) gaps_repaired: Counter,
+    pub(crate) gap_messages: Counter,
+    /// Gaps that history could not fill (trimmed or expired).
+    pub(crate) gaps_unrepaired: Counter,
+    /// Subscription connections re-established (lost, killed, or failed the probe).
+    pub(crate) subscription_reconnects: Counter,
+    /// Liveness probes of the subscription connection that went unanswered.
+    pub(crate) probe_failures: Counter,
+}
+
+impl GatewayStats {
+    /// One line for the shutdown log.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "recoveries={} recoveries_failed={} replayed_events={} gaps_repaired={} gap_messages={} gaps_unrepaired={} subscription_reconnects={} probe_failures={}",
+            self.recoveries.get(),
+            self.recoveries_failed.get(),
+            self.replayed_events.get(),
+            self.gaps_repaired.get(),
+            self.gap_messages.get(),
+            self.gaps_unrepaired.get(),
+            self.subscription_reconnects.get(),
+            self.probe_failures.get(),
+        )
+    }
+}
