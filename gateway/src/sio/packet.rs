@@ -7,7 +7,18 @@ use serde_json::Value;
 use thiserror::Error;
 
 /// Most binary attachments one packet may announce; more is treated as hostile.
-pub(crate) const MAX_ATTACHMENTS: usize = 64;
+pub(crate) const MAX_ATTACHMENTS: usize = 10;
+
+/// Event names Node's parser refuses from a client (socket.io-parser `RESERVED_EVENTS`): they
+/// name the sockets' own lifecycle events, so a client must not be able to fake them.
+const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PacketType {
@@ -48,6 +59,8 @@ pub(crate) enum PacketError {
     InvalidJson,
     #[error("payload has the wrong shape for its packet type")]
     WrongShape,
+    #[error("reserved event name")]
+    ReservedEvent,
     #[error("unexpected binary attachment")]
     UnexpectedBinary,
 }
@@ -74,7 +87,8 @@ impl Packet {
             attachments = rest[..dash]
                 .parse::<usize>()
                 .map_err(|_| PacketError::BadAttachments)?;
-            if attachments > MAX_ATTACHMENTS {
+            // A binary packet announces at least one attachment (Node: "Illegal attachments").
+            if attachments == 0 || attachments > MAX_ATTACHMENTS {
                 return Err(PacketError::BadAttachments);
             }
             rest = &rest[dash + 1..];
@@ -99,18 +113,28 @@ impl Packet {
         };
         rest = &rest[digits..];
 
-        let data = if rest.is_empty() {
-            Value::Null
-        } else {
+        // An absent payload and a JSON `null` both end up as `Null`, but only the first is valid
+        // where a payload is optional (Node refuses `0null` and `1null`).
+        let has_payload = !rest.is_empty();
+        let data = if has_payload {
             serde_json::from_str(rest).map_err(|_| PacketError::InvalidJson)?
+        } else {
+            Value::Null
         };
 
         let shape_ok = match kind {
-            PacketType::Connect => id.is_none() && (data.is_null() || data.is_object()),
-            PacketType::Disconnect => id.is_none() && data.is_null(),
-            PacketType::Event | PacketType::BinaryEvent => {
-                matches!(&data, Value::Array(a) if matches!(a.first(), Some(Value::String(_))))
-            }
+            PacketType::Connect => id.is_none() && (!has_payload || data.is_object()),
+            PacketType::Disconnect => id.is_none() && !has_payload,
+            PacketType::Event | PacketType::BinaryEvent => match &data {
+                Value::Array(a) => match a.first() {
+                    Some(Value::String(name)) if RESERVED_EVENTS.contains(&name.as_str()) => {
+                        return Err(PacketError::ReservedEvent);
+                    }
+                    Some(Value::String(_)) => true,
+                    _ => false,
+                },
+                _ => false,
+            },
             PacketType::Ack | PacketType::BinaryAck => id.is_some() && data.is_array(),
             PacketType::ConnectError => false,
         };
@@ -273,6 +297,50 @@ mod tests {
         for (text, err) in cases {
             assert_eq!(Packet::parse(text), Err(err), "{text:?}");
         }
+    }
+
+    #[test]
+    fn binary_packets_announce_at_least_one_attachment() {
+        // Was accepted as a plain event; Node refuses it ("Illegal attachments").
+        assert_eq!(
+            Packet::parse(r#"50-["e"]"#),
+            Err(PacketError::BadAttachments)
+        );
+        assert_eq!(Packet::parse("60-1[]"), Err(PacketError::BadAttachments));
+        assert_eq!(
+            Packet::parse(r#"5-["e"]"#),
+            Err(PacketError::BadAttachments)
+        );
+    }
+
+    #[test]
+    fn optional_payloads_are_absent_or_objects_never_null() {
+        // A JSON `null` was taken for "no payload"; Node refuses both.
+        assert_eq!(Packet::parse("0null"), Err(PacketError::WrongShape));
+        assert_eq!(Packet::parse("0/admin,null"), Err(PacketError::WrongShape));
+        assert_eq!(Packet::parse("1null"), Err(PacketError::WrongShape));
+        assert_eq!(Packet::parse("0").map(|p| p.data), Ok(Value::Null));
+        assert_eq!(Packet::parse("0{}").map(|p| p.data), Ok(json!({})));
+    }
+
+    #[test]
+    fn reserved_event_names_are_refused() {
+        for name in RESERVED_EVENTS {
+            let text = format!(r#"2["{name}",1]"#);
+            assert_eq!(
+                Packet::parse(&text),
+                Err(PacketError::ReservedEvent),
+                "{text}"
+            );
+            let text = format!(r#"51-/admin,["{name}",{{"_placeholder":true,"num":0}}]"#);
+            assert_eq!(
+                Packet::parse(&text),
+                Err(PacketError::ReservedEvent),
+                "{text}"
+            );
+        }
+        // Only the event name is checked, like Node.
+        assert!(Packet::parse(r#"2["message","disconnect"]"#).is_ok());
     }
 
     #[test]

@@ -212,6 +212,9 @@ impl<A: SioApp> Connection<A> {
     async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
         let connect_deadline = tokio::time::sleep(self.config.connect_timeout);
         tokio::pin!(connect_deadline);
+        // Like Node, the deadline only holds until the first namespace is connected: a client
+        // that later leaves every namespace keeps its connection (heartbeat still applies).
+        let mut awaiting_first_connect = true;
         let engine = self.engine.clone();
         let reason = loop {
             tokio::select! {
@@ -220,7 +223,7 @@ impl<A: SioApp> Connection<A> {
                     break "server shutting down";
                 }
                 _ = engine.closed() => break "transport close",
-                _ = &mut connect_deadline, if self.sockets.is_empty() => {
+                _ = &mut connect_deadline, if awaiting_first_connect => {
                     tracing::debug!("no namespace connected in time, closing");
                     engine.close(DisconnectReason::TransportClose);
                     break "connect timeout";
@@ -233,6 +236,7 @@ impl<A: SioApp> Connection<A> {
                         engine.close(DisconnectReason::PacketParsingError);
                         break "parse error";
                     }
+                    awaiting_first_connect &= self.sockets.is_empty();
                 }
             }
         };
