@@ -129,11 +129,19 @@ pub async fn run(
         .context("HTTP server failed")?;
 
     connections.close();
-    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
+    // Closing the connections saves their recovery sessions; both must finish before we go.
+    let drained = async {
+        connections.wait().await;
+        session_writes.close();
+        session_writes.wait().await;
+    };
+    if tokio::time::timeout(config.shutdown_timeout, drained)
         .await
         .is_err()
     {
-        tracing::warn!("client connections did not close within SHUTDOWN_TIMEOUT_MS");
+        tracing::warn!(
+            "client connections and their sessions did not finish within SHUTDOWN_TIMEOUT_MS"
+        );
     }
     // Stop the heartbeat and the reconciler first, so neither re-adds what we remove next.
     background_stop.cancel();

@@ -1,6 +1,8 @@
 //! The recovery session (contract v1): what a gateway stores at `<prefix>:session:{<pid>}` when a
 //! socket disconnects, so that any gateway can restore it within the recovery window. Encoded
-//! with rmp-serde (structs as arrays, fields only appended), like the envelope.
+//! with rmp-serde (structs as arrays, fields only appended with defaults). A newer gateway reads
+//! older records; an older gateway refuses a newer record (its client gets a fresh session), so
+//! during a rolling deploy that adds a field a few recoveries may fall back to fresh sessions.
 
 use serde::{Deserialize, Serialize};
 
