@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use roomcast_shared::config::{
-    RecoveryArgs, RedisArgs, TelemetryArgs, parse_millis, parse_positive,
+    RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_positive,
 };
 
 /// Consumes the publish stream and sequences every request into its room and namespace topics.
@@ -125,16 +125,9 @@ pub struct FanoutConfig {
     )]
     pub trim_interval: Duration,
 
-    /// Longest a graceful shutdown may take (finishing the in-flight batch), in milliseconds.
-    /// Default 10000.
-    #[arg(
-        long = "shutdown-timeout-ms",
-        env = "SHUTDOWN_TIMEOUT_MS",
-        value_name = "SHUTDOWN_TIMEOUT_MS",
-        default_value = "10000",
-        value_parser = parse_millis
-    )]
-    pub shutdown_timeout: Duration,
+    /// Graceful shutdown (finishing the in-flight batch).
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -172,7 +165,7 @@ mod tests {
         assert_eq!(c.dead_letter_maxlen, 100_000);
         assert_eq!(c.claim_min_idle, Duration::from_secs(30));
         assert_eq!(c.trim_interval, Duration::from_secs(10));
-        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown.timeout, Duration::from_secs(10));
         assert_eq!(c.redis.key_prefix, "socket.io");
     }
 

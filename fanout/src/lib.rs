@@ -117,14 +117,14 @@ impl Fanout {
         }
         info!("shutting down");
         root.cancel();
-        if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+        if tokio::time::timeout(config.shutdown.timeout, tracker.wait())
             .await
             .is_err()
         {
-            warn!(timeout = ?config.shutdown_timeout, "shutdown timed out; unacknowledged entries stay pending");
+            warn!(timeout = ?config.shutdown.timeout, "shutdown timed out; unacknowledged entries stay pending");
             anyhow::bail!(
                 "shutdown did not finish within {:?}",
-                config.shutdown_timeout
+                config.shutdown.timeout
             );
         }
         match admin_failure {

@@ -1,7 +1,7 @@
 //! Counters of what the fanout did, shared between its tasks and readable by tests (and, later,
 //! exported as Prometheus metrics).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use roomcast_shared::counter::Counter;
 
 /// Monotonic counters since start. Cheap to update from any task.
 #[derive(Debug, Default)]
@@ -78,23 +78,5 @@ impl FanoutStats {
             trim_runs: self.trim_runs.get(),
             trimmed: self.trimmed.get(),
         }
-    }
-}
-
-/// One monotonic counter. Relaxed ordering: the values are statistics, not synchronization.
-#[derive(Debug, Default)]
-pub(crate) struct Counter(AtomicU64);
-
-impl Counter {
-    pub(crate) fn inc(&self) {
-        self.add(1);
-    }
-
-    pub(crate) fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
     }
 }

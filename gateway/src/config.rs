@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use roomcast_shared::{
-    config::{RecoveryArgs, RedisArgs, TelemetryArgs, parse_millis, parse_positive},
+    config::{RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_positive},
     wire::validate_namespace,
 };
 
@@ -101,9 +101,9 @@ pub struct GatewayConfig {
     #[arg(long = "max-rooms-per-socket", env = "MAX_ROOMS_PER_SOCKET", value_name = "MAX_ROOMS_PER_SOCKET", default_value = "100", value_parser = parse_positive)]
     pub max_rooms_per_socket: usize,
 
-    /// Milliseconds to finish shutting down after SIGTERM before exiting anyway.
-    #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT_MS", value_name = "SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
-    pub shutdown_timeout: Duration,
+    /// Graceful shutdown (closing connections, saving their sessions).
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 /// Which Engine.IO transports are enabled.

@@ -12,7 +12,7 @@ pub mod sio;
 mod stats;
 mod subscriptions;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::Context;
 use engineioxide::{TransportType, config::EngineIoConfig, layer::EngineIoLayer};
@@ -135,7 +135,7 @@ pub async fn run(
         session_writes.close();
         session_writes.wait().await;
     };
-    if tokio::time::timeout(config.shutdown_timeout, drained)
+    if tokio::time::timeout(config.shutdown.timeout, drained)
         .await
         .is_err()
     {
@@ -203,9 +203,4 @@ fn engine_config(config: &GatewayConfig) -> EngineIoConfig {
         _ => builder.transports([TransportType::Polling]),
     };
     builder.build()
-}
-
-/// How long `main` gives `run` to finish after the shutdown signal.
-pub fn shutdown_grace(config: &GatewayConfig) -> Duration {
-    config.shutdown_timeout + Duration::from_secs(1)
 }

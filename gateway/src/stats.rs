@@ -1,24 +1,7 @@
 //! The gateway's counters. Kept as plain atomics so the hot paths pay one relaxed add; the
 //! operations issue exports them as Prometheus metrics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-#[derive(Debug, Default)]
-pub(crate) struct Counter(AtomicU64);
-
-impl Counter {
-    pub(crate) fn inc(&self) {
-        self.add(1);
-    }
-
-    pub(crate) fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+use roomcast_shared::counter::Counter;
 
 #[derive(Debug, Default)]
 pub(crate) struct GatewayStats {

@@ -39,6 +39,15 @@ impl RecoveryArgs {
     }
 }
 
+/// Graceful shutdown.
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownArgs {
+    /// Longest a graceful shutdown may take after SIGTERM, in milliseconds; then the process
+    /// exits anyway. Keep it below the pod's termination grace period.
+    #[arg(long = "shutdown-timeout-ms", env = "SHUTDOWN_TIMEOUT_MS", value_name = "SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    pub timeout: Duration,
+}
+
 /// Log output.
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {

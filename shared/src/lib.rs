@@ -2,6 +2,7 @@
 //! groups (`config`), telemetry setup, Redis connection helpers and the shutdown signal.
 
 pub mod config;
+pub mod counter;
 pub mod health;
 pub mod redis_conn;
 pub mod shutdown;

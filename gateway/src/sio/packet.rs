@@ -3,22 +3,13 @@
 //! messages.
 
 use bytes::Bytes;
+// Node's parser refuses these from a client: they name a socket's own lifecycle events.
+use roomcast_shared::wire::publish::RESERVED_EVENTS;
 use serde_json::Value;
 use thiserror::Error;
 
 /// Most binary attachments one packet may announce; more is treated as hostile.
 pub(crate) const MAX_ATTACHMENTS: usize = 10;
-
-/// Event names Node's parser refuses from a client (socket.io-parser `RESERVED_EVENTS`): they
-/// name the sockets' own lifecycle events, so a client must not be able to fake them.
-const RESERVED_EVENTS: [&str; 6] = [
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PacketType {

@@ -9,8 +9,9 @@ use thiserror::Error;
 
 use super::names::{NameError, validate_namespace, validate_room};
 
-/// Event names the Socket.IO client reserves; emitting them would confuse client code.
-const RESERVED_EVENTS: [&str; 6] = [
+/// Event names Socket.IO reserves for a socket's own lifecycle (socket.io-parser's
+/// `RESERVED_EVENTS`): a publisher must not emit them and a client must not send them.
+pub const RESERVED_EVENTS: [&str; 6] = [
     "connect",
     "connect_error",
     "disconnect",
