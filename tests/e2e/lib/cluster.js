@@ -7,6 +7,12 @@
 //   const cluster = useCluster({ gateways: ["gw-a", "gw-b"] });   // registers before/after hooks
 //   test("...", async () => { const s = await cluster.connect("gw-a"); await cluster.join(s, "r"); ... });
 //
+// Connection state recovery is on by default (as in the binaries): every event from a room or
+// namespace publish then carries its offset (the publish entry id) as its last argument, so tests
+// compare events with `cluster.assertArgs` / `cluster.assertEvents`, which expect that offset
+// exactly when the cluster runs with recovery on. `cluster.proxy("gw-a")` puts a TCP proxy in
+// front of the gateways, to move a client to another gateway or cut its connection abruptly.
+//
 // Env: ROOMCAST_BIN_DIR (default <repo>/target/debug, or $CARGO_TARGET_DIR/debug), REDIS_SERVER (default redis-server),
 // E2E_TIMEOUT_MS (safety timeout of one wait, default 20000), E2E_KEEP_LOGS=1 (keep the log
 // folder of a passing file too). Logs of a failing file are kept and their folder is printed.
@@ -17,6 +23,7 @@ const http = require("node:http");
 const net = require("node:net");
 const os = require("node:os");
 const path = require("node:path");
+const assert = require("node:assert/strict");
 const { before, after, afterEach } = require("node:test");
 const Redis = require("ioredis");
 const { io } = require("socket.io-client");
@@ -309,6 +316,176 @@ class RedisServer {
 }
 
 // ---------------------------------------------------------------------------------------------
+// TCP proxy.
+
+/**
+ * A TCP proxy on a free loopback port that forwards each accepted connection to the port of its
+ * current target; for moving a client between gateways and cutting its connections abruptly.
+ *
+ * With `http: true` (the gateway proxy) it routes like a sticky load balancer: a connection whose
+ * first request line carries `sid=<engine.io sid>` belongs to an existing Engine.IO session and goes
+ * to the target that issued that sid (learned from the handshake reply), whatever the current
+ * target is; every other connection (a new session: polling handshake or websocket without sid) goes
+ * to the current target. So a long-polling client's in-flight requests (including its close
+ * packet) still reach the gateway it is leaving.
+ *
+ * Without `http` (e.g. in front of Redis) every new connection goes to the current target.
+ *
+ *   proxy.hold()           new sessions wait (accepted but not forwarded) until retarget()
+ *   proxy.retarget("gw-b") new sessions go to gw-b (waiting ones too)
+ *   proxy.cut()            resets every open connection (RST both ways); like a broken network
+ *                          path, later requests of the Engine.IO sessions known so far are reset too
+ *                          (a long-polling client opens a new TCP connection per request)
+ *   proxy.freeze(ports)    stops forwarding, both ways, on the connections whose upstream side
+ *                          has one of these local ports, without closing them: a silently dead
+ *                          path (the upstream server sees its peer at that port, e.g. CLIENT LIST addr)
+ */
+class TcpProxy {
+  /**
+   * @param {object} o
+   * @param {(target: string) => number} o.resolve port of a target
+   * @param {string} o.target initial target
+   * @param {boolean} [o.http] sticky routing of Engine.IO sessions (see above)
+   * @param {string} [o.label]
+   */
+  constructor({ resolve, target, http: sticky = false, label = "proxy" }) {
+    this.resolve = resolve;
+    this.target = target;
+    this.sticky = sticky;
+    this.label = label;
+    this.holding = false;
+    this.waiting = []; // held new sessions: {conn, head}
+    this.conns = new Set();
+    this.sessions = new Map(); // engine.io sid -> target
+    this.deadSids = new Set(); // sessions that were open at a cut()
+    this.server = null;
+    this.port = null;
+    this.url = null;
+  }
+
+  async start() {
+    this.server = net.createServer((client) => this._accept(client));
+    await new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(0, "127.0.0.1", resolve);
+    });
+    this.port = this.server.address().port;
+    this.url = `http://127.0.0.1:${this.port}`;
+    return this;
+  }
+
+  /** New sessions wait until the next retarget(). */
+  hold() {
+    this.holding = true;
+  }
+
+  /** New sessions (and the waiting ones) go to `target` from now on. */
+  retarget(target) {
+    this.resolve(target); // fails early on an unknown target
+    this.target = target;
+    this.holding = false;
+    const waiting = this.waiting.splice(0);
+    for (const { conn, head } of waiting) this._forward(conn, this.target, head, this.sticky);
+  }
+
+  /** Resets every open connection, both sides (TCP RST); returns how many there were. */
+  cut() {
+    for (const sid of this.sessions.keys()) this.deadSids.add(sid);
+    const n = this.conns.size;
+    for (const conn of [...this.conns]) this._reset(conn);
+    return n;
+  }
+
+  /** Freezes the connections whose upstream local port is in `ports`; returns how many. */
+  freeze(ports) {
+    let n = 0;
+    for (const conn of this.conns) {
+      const { client, upstream } = conn;
+      if (!upstream || !ports.includes(upstream.localPort)) continue;
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.pause();
+      upstream.pause();
+      n++;
+    }
+    return n;
+  }
+
+  async close() {
+    this.cut();
+    for (const { conn } of this.waiting.splice(0)) this._reset(conn);
+    if (this.server) await new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  _reset(conn) {
+    for (const sock of [conn.client, conn.upstream]) {
+      if (!sock || sock.destroyed) continue;
+      try {
+        sock.resetAndDestroy();
+      } catch (_) {
+        sock.destroy(); // not connected yet: resetAndDestroy needs a TCP handle
+      }
+    }
+    this.conns.delete(conn);
+  }
+
+  _accept(client) {
+    const conn = { client, upstream: null, request: null };
+    this.conns.add(conn);
+    client.on("error", () => conn.upstream && conn.upstream.destroy());
+    client.on("close", () => {
+      this.conns.delete(conn);
+      if (conn.upstream) conn.upstream.destroy();
+    });
+    if (!this.sticky) {
+      if (this.holding) this.waiting.push({ conn, head: Buffer.alloc(0) });
+      else this._forward(conn, this.target, Buffer.alloc(0), false);
+      return;
+    }
+    let head = Buffer.alloc(0);
+    const onData = (chunk) => {
+      head = Buffer.concat([head, chunk]);
+      const eol = head.indexOf("\r\n");
+      if (eol === -1 && head.length < 16384) return;
+      client.off("data", onData);
+      client.pause();
+      conn.request = head.subarray(0, eol === -1 ? head.length : eol).toString("latin1");
+      const m = /[?&]sid=([^&\s]+)/.exec(conn.request);
+      const sid = m && decodeURIComponent(m[1]);
+      if (sid && this.deadSids.has(sid)) this._reset(conn);
+      else if (sid && this.sessions.has(sid)) this._forward(conn, this.sessions.get(sid), head, false);
+      else if (this.holding) this.waiting.push({ conn, head });
+      else this._forward(conn, this.target, head, !sid);
+    };
+    client.on("data", onData);
+  }
+
+  _forward(conn, target, head, learnSid) {
+    const { client } = conn;
+    if (client.destroyed) return;
+    const upstream = net.connect({ host: "127.0.0.1", port: this.resolve(target) });
+    conn.upstream = upstream;
+    conn.target = target;
+    upstream.on("error", () => client.destroy());
+    if (learnSid) {
+      // The Engine.IO open packet is the first thing a new session receives: 0{"sid":"...",...}.
+      let seen = "";
+      const scan = (chunk) => {
+        seen += chunk.toString("latin1");
+        const m = /"sid":"([^"]+)"/.exec(seen);
+        if (m) this.sessions.set(m[1], target);
+        if (m || seen.length > 65536) upstream.off("data", scan);
+      };
+      upstream.on("data", scan);
+    }
+    if (head.length) upstream.write(head);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.resume();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The cluster.
 
 const BINARIES = { gateway: "roomcast-gateway", fanout: "roomcast-fanout" };
@@ -317,25 +494,52 @@ const SETTINGS = [
   "REDIS_URL", "REDIS_KEY_PREFIX", "ADMIN_ADDR", "LISTEN_ADDR", "GATEWAY_ID", "NAMESPACES", "TRANSPORTS",
   "MAX_CONNECTIONS", "MAX_PAYLOAD", "MAX_PUBLISH_BYTES", "DEAD_LETTER_MAXLEN", "SHUTDOWN_TIMEOUT_MS",
   "LOG_FORMAT", "RUST_LOG", "FANOUT_GROUP", "FANOUT_CONSUMER", "FANOUT_BATCH_SIZE", "FANOUT_BLOCK_MS",
-  "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "WEBSOCKET_UPGRADE_TIMEOUT",
+  "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "WEBSOCKET_UPGRADE_TIMEOUT", "CONNECT_TIMEOUT",
+  "MAX_BUFFERED_PACKETS", "HEARTBEAT_INTERVAL_MS", "GATEWAY_TTL_MS", "REQUEST_TIMEOUT_MS", "MAX_ROOMS_PER_SOCKET",
+  "MAX_PUBLISH_ROOMS", "CLAIM_MIN_IDLE_MS", "FANOUT_TRIM_INTERVAL_MS",
+  "RECOVERY_MAX_DISCONNECTION_MS", "RECOVERY_SKIP_MIDDLEWARES", "SUBSCRIPTION_PROBE_INTERVAL_MS", "HISTORY_MAX_LEN",
 ];
+/** Default of RECOVERY_MAX_DISCONNECTION_MS in both binaries. */
+const DEFAULT_RECOVERY_WINDOW_MS = 120000;
+/** Default of HISTORY_MAX_LEN in both binaries. */
+const DEFAULT_HISTORY_MAX_LEN = 1000;
 function baseEnv() {
   const env = { ...process.env };
   for (const name of SETTINGS) delete env[name];
   return env;
 }
 
+/** Publish fields (an object or [name, value] pairs) as a flat XADD argument list. */
+function flattenFields(fields) {
+  const pairs = Array.isArray(fields) ? fields : Object.entries(fields);
+  const flat = [];
+  for (const [k, v] of pairs) flat.push(k, typeof v === "string" || Buffer.isBuffer(v) ? v : JSON.stringify(v));
+  return flat;
+}
+
 class Cluster {
   /**
    * @param {object} [options]
    * @param {Array<string|{id:string, env?:object}>} [options.gateways] gateway ids (and extra env), default gw-a, gw-b
+   * @param {object} [options.env] env for every process (gateways and fanout), e.g. the recovery
+   *   settings, which all processes of a cluster must share
    * @param {object} [options.gatewayEnv] env for every gateway
    * @param {object} [options.fanoutEnv] env for the fanout
    * @param {string} [options.prefix] REDIS_KEY_PREFIX, default socket.io
+   * @param {boolean} [options.redisProxy] gateways reach Redis through a TcpProxy
+   *   (`cluster.redisProxy`), to hold their new connections or freeze one
    */
   constructor(options = {}) {
     this.options = options;
     this.prefix = options.prefix || "socket.io";
+    const env = options.env || {};
+    /** RECOVERY_MAX_DISCONNECTION_MS of this cluster; 0: recovery off. */
+    this.recoveryWindowMs = Number(env.RECOVERY_MAX_DISCONNECTION_MS ?? DEFAULT_RECOVERY_WINDOW_MS);
+    /** With recovery on, events carry their offset as last argument and CONNECT replies a pid. */
+    this.recoveryEnabled = this.recoveryWindowMs > 0;
+    this.historyMaxLen = Number(env.HISTORY_MAX_LEN ?? DEFAULT_HISTORY_MAX_LEN);
+    this.proxies = new Set();
+    this.redisProxy = null;
     this.gatewaySpecs = (options.gateways || ["gw-a", "gw-b"]).map((g) => (typeof g === "string" ? { id: g } : g));
     this.gateways = [];
     this.fanout = null;
@@ -361,6 +565,11 @@ class Cluster {
     }
     this.redisServer = new RedisServer(this.logDir, await freePort());
     await this.redisServer.start();
+    let gatewayRedisUrl = this.redisServer.url;
+    if (this.options.redisProxy) {
+      this.redisProxy = await new TcpProxy({ resolve: () => this.redisServer.port, target: "redis", label: "redis-proxy" }).start();
+      gatewayRedisUrl = `redis://127.0.0.1:${this.redisProxy.port}`;
+    }
 
     const common = {
       ...baseEnv(),
@@ -370,6 +579,7 @@ class Cluster {
       LOG_FORMAT: "text",
       NO_COLOR: "1", // plain text in the log files
       SHUTDOWN_TIMEOUT_MS: "2000",
+      ...(this.options.env || {}),
     };
     const adminPort = await freePort();
     this.fanout = {
@@ -384,7 +594,14 @@ class Cluster {
         port,
         url: `http://127.0.0.1:${port}`,
         adminUrl: `http://127.0.0.1:${port}`,
-        env: { ...common, LISTEN_ADDR: `127.0.0.1:${port}`, GATEWAY_ID: spec.id, ...(this.options.gatewayEnv || {}), ...(spec.env || {}) },
+        env: {
+          ...common,
+          REDIS_URL: gatewayRedisUrl,
+          LISTEN_ADDR: `127.0.0.1:${port}`,
+          GATEWAY_ID: spec.id,
+          ...(this.options.gatewayEnv || {}),
+          ...(spec.env || {}),
+        },
       });
     }
     for (const c of [this.fanout, ...this.gateways]) {
@@ -445,7 +662,47 @@ class Cluster {
       room: (room, nsp = "/") => `${p}:room:{${nsp}#${room}}`,
       nsp: (nsp = "/") => `${p}:nsp:{${nsp}}`,
       members: (channel) => `${channel}:members`,
+      meta: (channel) => `${channel}:meta`,
+      /** A topic's history stream (entry id = publish entry id). */
+      hist: (channel) => `${channel}:hist`,
+      /** Set while a disconnected socket may still recover into the topic. */
+      hold: (channel) => `${channel}:hold`,
+      /** A disconnected socket's recovery session. */
+      session: (pid) => `${p}:session:{${pid}}`,
+      gateways: `${p}:gateways`,
     };
+  }
+
+  /** The arguments an event published with payload arguments `args` and entry id `id` arrives with. */
+  expectedArgs(args, id) {
+    return this.recoveryEnabled ? [...args, id] : args;
+  }
+
+  /**
+   * Asserts the arguments of one received event: the payload arguments `expected`, then, when this
+   * cluster runs with recovery on, the offset as last argument: a string equal to the publish
+   * entry id `id` (what XADD returned). With recovery off there must be no extra argument.
+   */
+  assertArgs(args, expected, id, message = "event") {
+    if (!this.recoveryEnabled) {
+      assert.deepEqual(args, expected, `${message}: payload arguments (recovery off: no offset)`);
+      return;
+    }
+    assert.ok(args.length >= 1, `${message}: has at least the offset argument, got ${JSON.stringify(args)}`);
+    assert.deepEqual(args.slice(0, -1), expected, `${message}: payload arguments (before the offset)`);
+    const offset = args[args.length - 1];
+    assert.equal(typeof offset, "string", `${message}: last argument is the offset string, got ${JSON.stringify(args)}`);
+    assert.equal(offset, id, `${message}: offset is the publish entry id`);
+  }
+
+  /** Asserts a record()ed event list against [{event, args, id}] (see assertArgs). */
+  assertEvents(events, expected, message = "events") {
+    assert.deepEqual(
+      events.map((e) => e.event),
+      expected.map((e) => e.event),
+      `${message}: event names in order`
+    );
+    for (const [i, e] of expected.entries()) this.assertArgs(events[i].args, e.args, e.id, `${message} #${i} (${e.event})`);
   }
 
   /**
@@ -454,10 +711,18 @@ class Cluster {
    * JSON-encoded.
    */
   async publish(fields) {
-    const pairs = Array.isArray(fields) ? fields : Object.entries(fields);
-    const flat = [];
-    for (const [k, v] of pairs) flat.push(k, typeof v === "string" || Buffer.isBuffer(v) ? v : JSON.stringify(v));
-    return this.redis.xadd(this.keys().publish, "*", ...flat);
+    return this.redis.xadd(this.keys().publish, "*", ...flattenFields(fields));
+  }
+
+  /** XADDs several publish requests (see publish) in one pipeline; resolves with their entry ids. */
+  async publishMany(requests) {
+    const pipeline = this.redis.pipeline();
+    for (const fields of requests) pipeline.xadd(this.keys().publish, "*", ...flattenFields(fields));
+    const results = await pipeline.exec();
+    return results.map(([err, id], i) => {
+      if (err) throw new Error(`XADD #${i} of ${requests.length} failed: ${err.message}`);
+      return id;
+    });
   }
 
   /**
@@ -467,8 +732,25 @@ class Cluster {
    */
   async connect(which, options = {}) {
     const { socket, error } = await this.tryConnect(which, options);
-    if (error) throw new Error(`connecting to ${this.gateway(which).id}${options.nsp || "/"} failed: connect_error ${error.message}`);
+    if (error) throw new Error(`connecting ${socket.__label} failed: connect_error ${error.message}`);
     return socket;
+  }
+
+  /**
+   * A TCP proxy in front of the gateways (see TcpProxy), starting with gateway `which` as target;
+   * connect through it with `cluster.connect(proxy, {reconnection: true, ...})`. Closed after the
+   * test.
+   */
+  async proxy(which) {
+    const proxy = new TcpProxy({
+      resolve: (id) => this.gateway(id).port,
+      target: this.gateway(which).id,
+      http: true,
+      label: `proxy#${this.proxies.size + 1}`,
+    });
+    await proxy.start();
+    this.proxies.add(proxy);
+    return proxy;
   }
 
   /** Like connect() but resolves with {socket} or {error} (the connect_error) instead of throwing. */
@@ -481,9 +763,9 @@ class Cluster {
    * the socket or its engine (`socket.io.engine`) before the connection completes.
    */
   createSocket(which, { nsp = "/", ...options } = {}) {
-    const gw = this.gateway(which);
-    const socket = io(gw.url + (nsp === "/" ? "" : nsp), { forceNew: true, reconnection: false, timeout: TIMEOUT_MS, ...options });
-    socket.__label = `socket on ${gw.id}${nsp} (${(options.transports || ["polling", "websocket"]).join("+")})`;
+    const [url, where] = which instanceof TcpProxy ? [which.url, `${which.label}`] : [this.gateway(which).url, this.gateway(which).id];
+    const socket = io(url + (nsp === "/" ? "" : nsp), { forceNew: true, reconnection: false, timeout: TIMEOUT_MS, ...options });
+    socket.__label = `socket on ${where}${nsp} (${(options.transports || ["polling", "websocket"]).join("+")})`;
     this.sockets.add(socket);
     return socket;
   }
@@ -536,13 +818,20 @@ class Cluster {
   }
 
   async whoami(socket) {
-    return socket.timeout(TIMEOUT_MS).emitWithAck("whoami");
+    try {
+      return await socket.timeout(TIMEOUT_MS).emitWithAck("whoami");
+    } catch (e) {
+      throw new Error(`whoami on ${describeTarget(socket)}: no ack (${e.message})`);
+    }
   }
 
-  /** Disconnects every socket this cluster handed out (between tests). */
-  closeSockets() {
+  /** Disconnects every socket this cluster handed out and closes its proxies (between tests). */
+  async closeSockets() {
     for (const s of this.sockets) s.close();
     this.sockets.clear();
+    const proxies = [...this.proxies];
+    this.proxies.clear();
+    await Promise.all(proxies.map((p) => p.close()));
   }
 
   /** Where the logs are, what runs, and the end of each log: for failure messages. */
@@ -557,13 +846,14 @@ class Cluster {
   }
 
   async stop() {
-    this.closeSockets();
+    await this.closeSockets();
     if (this._redis) {
       this._redis.disconnect();
       this._redis = null;
     }
     const unexpected = this.procs.filter((p) => !p.running && !p.expectedExit);
     await Promise.all([...this.gateways, this.fanout].filter((c) => c && c.proc).map((c) => c.proc.stop()));
+    if (this.redisProxy) await this.redisProxy.close();
     if (this.redisServer) await this.redisServer.stop();
     return unexpected;
   }
@@ -586,8 +876,8 @@ function useCluster(options = {}) {
       throw e;
     }
   });
-  afterEach((t) => {
-    cluster.closeSockets();
+  afterEach(async (t) => {
+    await cluster.closeSockets();
     if (!t.passed && cluster.started) {
       failed = true;
       process.stderr.write(`\n[e2e] test "${t.name}" failed.\n${cluster.report()}\n`);
@@ -617,6 +907,7 @@ module.exports = {
   Cluster,
   RedisServer,
   Proc,
+  TcpProxy,
   useCluster,
   waitFor,
   collect,

@@ -18,8 +18,8 @@ test("a publish without room reaches every socket of the namespace on both gatew
   await cluster.join(sockets[1], "some-room"); // being in a room does not matter
   const got = sockets.map((s) => waitFor(s, "announcement"));
 
-  await cluster.publish({ event: "announcement", data: { text: "maintenance at noon" } });
-  for (const [i, p] of got.entries()) assert.deepEqual(await p, [{ text: "maintenance at noon" }], `socket #${i}`);
+  const id = await cluster.publish({ event: "announcement", data: { text: "maintenance at noon" } });
+  for (const [i, p] of got.entries()) cluster.assertArgs(await p, [{ text: "maintenance at noon" }], id, `socket #${i}`);
 });
 
 test("`args` arrives as several arguments, `data` as one, no data as none", async () => {
@@ -30,16 +30,18 @@ test("`args` arrives as several arguments, `data` as one, no data as none", asyn
   const recA = record(a);
   const recB = record(b);
 
-  await cluster.publish({ room: "args-room", event: "multi", args: [1, "two", { three: [3] }, null, true] });
-  await cluster.publish({ room: "args-room", event: "single", data: [1, "two"] });
-  await cluster.publish({ room: "args-room", event: "bare" });
+  const ids = [
+    await cluster.publish({ room: "args-room", event: "multi", args: [1, "two", { three: [3] }, null, true] }),
+    await cluster.publish({ room: "args-room", event: "single", data: [1, "two"] }),
+    await cluster.publish({ room: "args-room", event: "bare" }),
+  ];
   await Promise.all([recA.until("bare"), recB.until("bare")]);
 
   for (const rec of [recA, recB]) {
-    assert.deepEqual(rec.events, [
-      { event: "multi", args: [1, "two", { three: [3] }, null, true] },
-      { event: "single", args: [[1, "two"]] },
-      { event: "bare", args: [] },
+    cluster.assertEvents(rec.events, [
+      { event: "multi", args: [1, "two", { three: [3] }, null, true], id: ids[0] },
+      { event: "single", args: [[1, "two"]], id: ids[1] },
+      { event: "bare", args: [], id: ids[2] },
     ]);
   }
 });
@@ -52,7 +54,7 @@ test("`nsp /admin` reaches only sockets of /admin; the default namespace gets on
   for (const s of [adminA, adminB, rootA, rootB]) await cluster.join(s, "ops");
   const recs = { adminA: record(adminA), adminB: record(adminB), rootA: record(rootA), rootB: record(rootB) };
 
-  await cluster.publish({ nsp: "/admin", room: "ops", event: "admin-room", data: { a: 1 } });
+  const adminRoomId = await cluster.publish({ nsp: "/admin", room: "ops", event: "admin-room", data: { a: 1 } });
   await cluster.publish({ nsp: "/admin", event: "admin-all", data: { a: 2 } });
   await cluster.publish({ room: "ops", event: "root-room", data: { r: 1 } });
   await cluster.publish({ event: "root-all", data: { r: 2 } });
@@ -63,7 +65,7 @@ test("`nsp /admin` reaches only sockets of /admin; the default namespace gets on
 
   assert.deepEqual(recs.adminA.names(), ["admin-room", "admin-all", "marker"]);
   assert.deepEqual(recs.adminB.names(), ["admin-room", "admin-all", "marker"]);
-  assert.deepEqual(recs.adminA.events[0].args, [{ a: 1 }]);
+  cluster.assertArgs(recs.adminA.events[0].args, [{ a: 1 }], adminRoomId, "admin-room on gw-a");
   assert.deepEqual(recs.rootA.names(), ["root-room", "root-all", "marker"]);
   assert.deepEqual(recs.rootB.names(), ["root-room", "root-all", "marker"]);
 });

@@ -25,6 +25,12 @@ const CASES = {
     { env: { REDIS_KEY_PREFIX: "{braces}" }, names: "REDIS_KEY_PREFIX" },
     { env: { LOG_FORMAT: "xml" }, names: "LOG_FORMAT" },
     { args: ["--max-connections", "lots"], names: "MAX_CONNECTIONS" },
+    { env: { RECOVERY_MAX_DISCONNECTION_MS: "2m" }, names: "RECOVERY_MAX_DISCONNECTION_MS" },
+    { env: { RECOVERY_MAX_DISCONNECTION_MS: "-1" }, names: "RECOVERY_MAX_DISCONNECTION_MS" },
+    { env: { HISTORY_MAX_LEN: "0" }, names: "HISTORY_MAX_LEN" },
+    { env: { HISTORY_MAX_LEN: "lots" }, names: "HISTORY_MAX_LEN" },
+    { env: { SUBSCRIPTION_PROBE_INTERVAL_MS: "5s" }, names: "SUBSCRIPTION_PROBE_INTERVAL_MS" },
+    { env: { RECOVERY_SKIP_MIDDLEWARES: "maybe" }, names: "RECOVERY_SKIP_MIDDLEWARES" },
   ],
   "roomcast-fanout": [
     { env: { FANOUT_BATCH_SIZE: "many" }, names: "FANOUT_BATCH_SIZE" },
@@ -36,6 +42,8 @@ const CASES = {
     { env: { REDIS_URL: "nope://x" }, names: "REDIS_URL" },
     { env: { LOG_FORMAT: "xml" }, names: "LOG_FORMAT" },
     { args: ["--max-publish-bytes", "big"], names: "MAX_PUBLISH_BYTES" },
+    { env: { RECOVERY_MAX_DISCONNECTION_MS: "2m" }, names: "RECOVERY_MAX_DISCONNECTION_MS" },
+    { env: { HISTORY_MAX_LEN: "0" }, names: "HISTORY_MAX_LEN" },
   ],
 };
 

@@ -17,13 +17,13 @@ test("one XADD to room chat:42 reaches its members on both gateways", async () =
   const gotA = waitFor(a, "message");
   const gotB = waitFor(b, "message");
   // Exactly what `redis-cli XADD socket.io:publish '*' room chat:42 event message data '{"text":"hi"}'` sends.
-  await cluster.publish([
+  const id = await cluster.publish([
     ["room", "chat:42"],
     ["event", "message"],
     ["data", '{"text":"hi"}'],
   ]);
-  assert.deepEqual(await gotA, [{ text: "hi" }], "client on gw-a");
-  assert.deepEqual(await gotB, [{ text: "hi" }], "client on gw-b");
+  cluster.assertArgs(await gotA, [{ text: "hi" }], id, "client on gw-a");
+  cluster.assertArgs(await gotB, [{ text: "hi" }], id, "client on gw-b");
 });
 
 test("a socket that is not in the room receives nothing (proven by a later marker)", async () => {
@@ -62,14 +62,14 @@ test("a socket in several target rooms receives a multi-room publish once", asyn
   await cluster.join(onlyB, "room-b");
   const recs = [record(both), record(onlyB), record(both2)];
 
-  await cluster.publish({ rooms: ["room-a", "room-b"], event: "multi", data: { x: 1 } });
+  const id = await cluster.publish({ rooms: ["room-a", "room-b"], event: "multi", data: { x: 1 } });
   // A duplicate copy would come through room-b's channel, before anything published after it.
   await cluster.publish({ room: "room-b", event: "marker", data: {} });
   for (const rec of recs) await rec.until("marker");
 
   for (const [i, rec] of recs.entries()) {
     assert.deepEqual(rec.names(), ["multi", "marker"], `socket #${i}: exactly one "multi" then the marker`);
-    assert.deepEqual(rec.events[0].args, [{ x: 1 }]);
+    cluster.assertArgs(rec.events[0].args, [{ x: 1 }], id, `socket #${i}`);
   }
 });
 
@@ -83,13 +83,14 @@ test("except: members of an excluded room do not receive, the other members do",
   await cluster.join(bannedB, "muted");
   const rec = { keptA: record(keptA), bannedA: record(bannedA), keptB: record(keptB), bannedB: record(bannedB) };
 
-  await cluster.publish({ room: "general", except: ["muted"], event: "news", data: { v: 2 } });
+  const id = await cluster.publish({ room: "general", except: ["muted"], event: "news", data: { v: 2 } });
   await cluster.publish({ room: "general", event: "marker", data: {} });
   await Promise.all(Object.values(rec).map((r) => r.until("marker")));
 
   assert.deepEqual(rec.keptA.names(), ["news", "marker"]);
   assert.deepEqual(rec.keptB.names(), ["news", "marker"]);
-  assert.deepEqual(rec.keptA.events[0].args, [{ v: 2 }]);
+  cluster.assertArgs(rec.keptA.events[0].args, [{ v: 2 }], id, "keptA");
+  cluster.assertArgs(rec.keptB.events[0].args, [{ v: 2 }], id, "keptB");
   assert.deepEqual(rec.bannedA.names(), ["marker"], "member of the except room on gw-a");
   assert.deepEqual(rec.bannedB.names(), ["marker"], "member of the except room on gw-b");
 });

@@ -27,8 +27,8 @@ test("the connection beyond MAX_CONNECTIONS is refused; the others keep working;
   await cluster.join(first, "full");
   await cluster.join(second, "full");
   const got = [waitFor(first, "still-here"), waitFor(second, "still-here")];
-  await cluster.publish({ room: "full", event: "still-here", data: 1 });
-  for (const p of got) assert.deepEqual(await p, [1]);
+  const id1 = await cluster.publish({ room: "full", event: "still-here", data: 1 });
+  for (const p of got) cluster.assertArgs(await p, [1], id1);
 
   // Another gateway has its own limit.
   const elsewhere = await cluster.connect("gw-b");
@@ -46,8 +46,8 @@ test("the connection beyond MAX_CONNECTIONS is refused; the others keep working;
   );
   await cluster.join(replacement, "full");
   const gotNew = [waitFor(replacement, "again"), waitFor(second, "again"), waitFor(elsewhere, "again")];
-  await cluster.publish({ room: "full", event: "again", data: 2 });
-  for (const p of gotNew) assert.deepEqual(await p, [2]);
+  const id2 = await cluster.publish({ room: "full", event: "again", data: 2 });
+  for (const p of gotNew) cluster.assertArgs(await p, [2], id2);
 
   // And the limit still holds with the replacement counted.
   const extra = await cluster.tryConnect("gw-a", { transports: ["websocket"] });

@@ -24,6 +24,7 @@ test(`${N} events to one room arrive complete and in order on both gateways`, as
   }
   const results = await pipeline.exec();
   assert.ok(results.every(([err]) => !err), "every XADD succeeded");
+  const ids = results.map(([, id]) => id);
 
   const expected = Array.from({ length: N }, (_, i) => i);
   for (const [k, p] of received.entries()) {
@@ -31,5 +32,7 @@ test(`${N} events to one room arrive complete and in order on both gateways`, as
     const firstOff = got.findIndex((v, i) => v !== i);
     assert.equal(firstOff, -1, `client #${k} (${clients[k].__label}): first out-of-order index ${firstOff}, got ${got[firstOff]}`);
     assert.deepEqual(got, expected);
+    const offsets = (await p).map((args) => args[args.length - 1]);
+    assert.deepEqual(offsets, ids, `client #${k}: each event's last argument is its offset, the publish entry id`);
   }
 });

@@ -33,7 +33,7 @@ test("/readyz turns 503 without Redis and 200 with it back; connected clients re
   const recs = Object.fromEntries(Object.entries(clients).map(([k, s]) => [k, record(s)]));
   const sids = Object.fromEntries(Object.entries(clients).map(([k, s]) => [k, s.id]));
 
-  await cluster.publish({ room: "survivors", event: "before", data: 1 });
+  const beforeId = await cluster.publish({ room: "survivors", event: "before", data: 1 });
   await Promise.all(Object.values(recs).map((r) => r.until("before")));
 
   await cluster.redisServer.stop();
@@ -43,15 +43,15 @@ test("/readyz turns 503 without Redis and 200 with it back; connected clients re
   await cluster.redisServer.start(); // same port, empty data set
   await eventually(allAre(200), { message: "every /readyz is 200 again after Redis is back" });
 
-  await cluster.publish({ room: "survivors", event: "after", data: 2 });
-  await cluster.publish({ event: "after-all", data: 3 });
+  const afterId = await cluster.publish({ room: "survivors", event: "after", data: 2 });
+  const afterAllId = await cluster.publish({ event: "after-all", data: 3 });
   await Promise.all(Object.values(recs).map((r) => r.until("after-all")));
 
   for (const [name, rec] of Object.entries(recs)) {
-    assert.deepEqual(rec.events, [
-      { event: "before", args: [1] },
-      { event: "after", args: [2] },
-      { event: "after-all", args: [3] },
+    cluster.assertEvents(rec.events, [
+      { event: "before", args: [1], id: beforeId },
+      { event: "after", args: [2], id: afterId },
+      { event: "after-all", args: [3], id: afterAllId },
     ], `${name} received the room and namespace publishes after the restart`);
     assert.ok(clients[name].connected, `${name} still connected`);
     assert.equal(clients[name].id, sids[name], `${name} is the same socket`);

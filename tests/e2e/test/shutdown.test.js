@@ -27,7 +27,7 @@ test("SIGTERM: clients are disconnected, memberships removed, exit code 0", asyn
   assert.equal(await cluster.redis.zscore(`${cluster.prefix}:gateways`, "gw-a"), null, "gw-a left the live set");
 
   const rec = record(onB);
-  await cluster.publish({ room: "shutdown-room", event: "still-here", data: 1 });
+  const id = await cluster.publish({ room: "shutdown-room", event: "still-here", data: 1 });
   await rec.until("still-here");
-  assert.deepEqual(rec.events, [{ event: "still-here", args: [1] }]);
+  cluster.assertEvents(rec.events, [{ event: "still-here", args: [1], id }]);
 });

@@ -77,8 +77,8 @@ test("room channel subscribed while a gateway has members, unsubscribed after th
   await cluster.join(b1, room);
   assert.ok((await channels()).includes(channel), "subscribed again after a new join");
   const got = waitFor(b1, "back");
-  await cluster.publish({ room, event: "back", data: true });
-  assert.deepEqual(await got, [true]);
+  const id = await cluster.publish({ room, event: "back", data: true });
+  cluster.assertArgs(await got, [true], id);
 });
 
 test("disconnecting a member of several rooms releases all of them", async () => {

@@ -11,8 +11,8 @@ const cluster = useCluster({ gateways: ["gw-a", "gw-b"] });
 async function joinAndReceive(socket, room) {
   await cluster.join(socket, room);
   const got = waitFor(socket, "hello");
-  await cluster.publish({ room, event: "hello", data: { room } });
-  assert.deepEqual(await got, [{ room }]);
+  const id = await cluster.publish({ room, event: "hello", data: { room } });
+  cluster.assertArgs(await got, [{ room }], id);
 }
 
 for (const gw of ["gw-a", "gw-b"]) {
