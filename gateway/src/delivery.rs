@@ -9,7 +9,9 @@ use std::{
 
 use engineioxide::Str;
 use redis::aio::ConnectionManager;
-use roomcast_shared::wire::{Envelope, EnvelopeBody, KeySpace, Position, StreamId, Topic};
+use roomcast_shared::wire::{
+    Envelope, EnvelopeBody, KeySpace, LateDelivery, Position, StreamId, Topic,
+};
 
 use crate::{
     history,
@@ -98,6 +100,8 @@ pub(crate) struct Dispatcher {
     recovery: bool,
     /// The largest source id delivered so far (on any topic): the send order's high mark.
     high: StreamId,
+    /// Messages delivered so far: each message's place in this gateway's send order.
+    sent: u64,
 }
 
 /// Delivery with history access for gap repair; owned by the subscription's reading task.
@@ -115,6 +119,7 @@ impl Dispatcher {
             recent: RecentIds::new(16_384),
             recovery,
             high: StreamId::default(),
+            sent: 0,
         }
     }
 
@@ -134,7 +139,19 @@ impl Dispatcher {
         let verdict = self.rooms.with_topics(|topics| match topics.get(channel) {
             None => Verdict::Gone,
             Some(entry) => match entry.last.get() {
-                Some(last) if envelope.seq <= last.seq => Verdict::Duplicate,
+                // Source ids are time-based and keep growing even when Redis lost its data and
+                // a topic's seq started again at 1: a lower seq with a newer source id is such a
+                // restart, not a duplicate.
+                Some(last) if envelope.seq <= last.seq && src <= last.src => Verdict::Duplicate,
+                Some(last) if envelope.seq <= last.seq => {
+                    tracing::warn!(
+                        channel,
+                        seq = envelope.seq,
+                        last = last.seq,
+                        "topic sequence restarted (Redis lost its data?); following it"
+                    );
+                    Verdict::Deliver
+                }
                 Some(last) if envelope.seq > last.seq + 1 && self.recovery => {
                     Verdict::Gap { after: last }
                 }
@@ -163,6 +180,8 @@ impl Dispatcher {
         late: Option<StreamId>,
     ) -> Delivered {
         self.high = self.high.max(src);
+        self.sent += 1;
+        let order = self.sent;
         let body = &envelope.body;
         let _span =
             tracing::debug_span!("deliver", source_id = %body.source_id, seq = envelope.seq)
@@ -182,7 +201,7 @@ impl Dispatcher {
             });
             entry.arrived(src);
             if let Some(high) = late {
-                entry.delivered_late(src, high);
+                entry.delivered_late(LateDelivery { src, high, order });
             }
             if !first_copy {
                 return;
@@ -524,6 +543,13 @@ mod delivery_tests {
             matches!(d.check(&channel, &envelope(3, &["r"], &[], "3-0")), Some((_, _, Verdict::Gap { after })) if after.seq == 1)
         );
         assert!(d.check(&channel, b"junk").is_none());
+        assert!(
+            matches!(
+                d.check(&channel, &envelope(1, &["r"], &[], "9-0")),
+                Some((_, _, Verdict::Deliver))
+            ),
+            "a lower seq with a newer source id is a restarted sequence"
+        );
         assert_eq!(a.drain().await.len(), 1);
     }
 }

@@ -119,8 +119,16 @@ impl Gateway {
     }
 
     /// Tries to restore the session the client asks for; `None` means a fresh session.
-    async fn recover(&self, sessions: &Sessions, request: &ConnectRequest) -> Option<Accepted> {
-        let (pid, offset) = recovery_request(&request.auth)?;
+    /// `Ok(None)`: continue with a fresh session. `Err`: the session may recover on a retry; the
+    /// connection was closed so that the client retries.
+    async fn recover(
+        &self,
+        sessions: &Sessions,
+        request: &ConnectRequest,
+    ) -> Result<Option<Accepted>, String> {
+        let Some((pid, offset)) = recovery_request(&request.auth) else {
+            return Ok(None);
+        };
         let restored = sessions.restore(request, &pid, offset).await;
         let counter = if matches!(restored, Ok(Some(_))) {
             &sessions.stats.recoveries
@@ -131,15 +139,19 @@ impl Gateway {
         match restored {
             Ok(Some(accepted)) => {
                 tracing::info!(sid = %accepted.socket.id(), "session recovered");
-                Some(accepted)
+                Ok(Some(accepted))
             }
             Ok(None) => {
                 tracing::debug!("no session to recover (expired or unknown)");
-                None
+                Ok(None)
+            }
+            Err(error) if error.is_transient() => {
+                tracing::info!(%error, "session not recovered this time; the client will retry");
+                Err(format!("unavailable: {error}"))
             }
             Err(error) => {
                 tracing::info!(%error, "session not recovered; starting a fresh one");
-                None
+                Ok(None)
             }
         }
     }
@@ -156,7 +168,7 @@ fn reply(socket: &SioSocket, ack: Option<u64>, args: Value) -> Option<HandlerFut
 impl SioApp for Gateway {
     async fn connect(&self, request: ConnectRequest) -> Result<Accepted, String> {
         if let Some(sessions) = &self.sessions
-            && let Some(accepted) = self.recover(sessions, &request).await
+            && let Some(accepted) = self.recover(sessions, &request).await?
         {
             return Ok(accepted);
         }

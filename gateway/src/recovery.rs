@@ -80,22 +80,41 @@ impl ReplayBuffer {
         }
     }
 
-    /// Emits the buffered messages the replay did not cover and turns live. Holding the lock
-    /// while emitting keeps a concurrent live message behind them. False if it overflowed.
-    fn finish(&self, socket: &SioSocket, skip: impl Fn(&Buffered) -> bool) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let ReplayState::Buffering { items, overflowed } =
-            std::mem::replace(&mut *state, ReplayState::Live)
-        else {
-            return true;
-        };
-        if overflowed {
-            return false;
+    /// Emits the buffered messages the replay did not cover, then turns live. Drains in chunks
+    /// without holding the lock while waiting for the client; messages arriving meanwhile join
+    /// the buffer, and the switch to live happens under the lock once it is empty, so nothing
+    /// overtakes anything.
+    async fn finish(
+        &self,
+        socket: &SioSocket,
+        skip: impl Fn(&Buffered) -> bool,
+        patience: Duration,
+    ) -> Result<(), RestoreError> {
+        loop {
+            let chunk = {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                match &mut *state {
+                    ReplayState::Live => return Ok(()),
+                    ReplayState::Buffering {
+                        overflowed: true, ..
+                    } => {
+                        *state = ReplayState::Live;
+                        return Err(RestoreError::Overflow);
+                    }
+                    ReplayState::Buffering { items, .. } if items.is_empty() => {
+                        *state = ReplayState::Live;
+                        return Ok(());
+                    }
+                    ReplayState::Buffering { items, .. } => std::mem::take(items),
+                }
+            };
+            for item in chunk.into_iter().filter(|i| !skip(i)) {
+                socket
+                    .emit_patiently(item.packet, patience)
+                    .await
+                    .map_err(|_| RestoreError::ClientGone)?;
+            }
         }
-        for item in items.into_iter().filter(|i| !skip(i)) {
-            let _ = socket.emit(item.packet);
-        }
-        true
     }
 }
 
@@ -112,6 +131,19 @@ pub(crate) enum RestoreError {
     HistoryGone,
     #[error("too many live messages arrived during the replay")]
     Overflow,
+    #[error("the client went away or stopped reading during the replay")]
+    ClientGone,
+}
+
+impl RestoreError {
+    /// Whether the same session may well recover on a retry (as opposed to: it cannot, so the
+    /// client should continue with a fresh one).
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis(_) | Self::Subscriptions | Self::Overflow | Self::ClientGone
+        )
+    }
 }
 
 pub(crate) struct Sessions {
@@ -250,6 +282,26 @@ impl Sessions {
                     self.rooms.remove(channel, socket.id());
                 }
                 socket.take_rooms();
+                if error.is_transient() {
+                    // The session is still good: put it back for the rest of its window and drop
+                    // the connection, so the client reconnects and tries again instead of
+                    // continuing with a fresh session (and half a replay).
+                    let elapsed = now_ms().saturating_sub(record.disconnected_at_ms);
+                    let left = (self.window.as_millis() as u64).saturating_sub(elapsed);
+                    if left > 0 {
+                        let put_back = redis::cmd("SET")
+                            .arg(self.keys.session(pid))
+                            .arg(&stored)
+                            .arg("PX")
+                            .arg(left)
+                            .query_async::<()>(&mut commands)
+                            .await;
+                        if let Err(error) = put_back {
+                            tracing::warn!(%error, "could not put a session back after a failed recovery");
+                        }
+                    }
+                    socket.close_connection();
+                }
                 Err(error)
             }
         }
@@ -272,6 +324,7 @@ impl Sessions {
             return Err(RestoreError::Subscriptions);
         }
         let count = self.history_max_len + 1;
+        let x_order = offset_order(topics, offset);
         // One MULTI/EXEC: every topic's history is read at the same instant, so everything in
         // the replay was published before everything that only reaches the buffer, and the
         // socket keeps receiving in publish order.
@@ -299,7 +352,7 @@ impl Sessions {
                 }
             };
             // Repaired messages sent after X although published before it: the client may lack them.
-            let late = late_unreceived(t, offset);
+            let late = late_unreceived(t, offset, x_order);
             for src in &late {
                 pipe.cmd("XRANGE")
                     .arg(&hist)
@@ -333,7 +386,15 @@ impl Sessions {
                 return Err(RestoreError::HistoryGone);
             };
             ends.insert(channel.clone(), end);
-            for e in entries {
+            // Repaired messages published after X but sent before it were received.
+            let received_late = |src: &StreamId| {
+                offset.is_some_and(|x| {
+                    t.late
+                        .iter()
+                        .any(|l| l.src == *src && l.received_by(x, x_order))
+                })
+            };
+            for e in entries.into_iter().filter(|e| !received_late(&e.src)) {
                 merged.entry(e.src).or_insert(e.envelope);
             }
             for _ in 0..late {
@@ -354,23 +415,26 @@ impl Sessions {
                 continue;
             }
             self.stats.replayed_events.inc();
-            let _ = socket.emit(event_packet(&envelope.body, Some(src)));
+            // A replay can be longer than the connection's queue: wait for the client to drain.
+            socket
+                .emit_patiently(
+                    event_packet(&envelope.body, Some(src)),
+                    self.request_timeout,
+                )
+                .await
+                .map_err(|_| RestoreError::ClientGone)?;
         }
         for (channel, end) in &ends {
             self.rooms.set_base(channel, socket.id(), *end);
         }
-        let finished = buffer.finish(socket, |item| {
+        let skip = |item: &Buffered| {
             replayed.contains(&item.src)
                 || ends
                     .get(&item.channel)
                     .is_some_and(|end| item.seq <= end.seq)
                 || offset.is_some_and(|x| item.src <= x)
-        });
-        if finished {
-            Ok(())
-        } else {
-            Err(RestoreError::Overflow)
-        }
+        };
+        buffer.finish(socket, skip, self.request_timeout).await
     }
 }
 
@@ -426,13 +490,27 @@ fn topic_replay(
 
 /// Messages a gap repair delivered late (after messages up to `high`) that a client with offset
 /// X may not have: published before X (so not in the history read after X) but sent after it.
-fn late_unreceived(t: &TopicPosition, offset: Option<StreamId>) -> Vec<StreamId> {
+fn late_unreceived(
+    t: &TopicPosition,
+    offset: Option<StreamId>,
+    x_order: Option<u64>,
+) -> Vec<StreamId> {
     let Some(x) = offset else { return Vec::new() };
     t.late
         .iter()
-        .filter(|(src, high)| *src < x && x <= *high)
-        .map(|(src, _)| *src)
+        .filter(|l| l.src < x && !l.received_by(x, x_order))
+        .map(|l| l.src)
         .collect()
+}
+
+/// X's place in the old gateway's send order, if X was itself a repaired (late) delivery.
+fn offset_order(topics: &[(Arc<str>, &TopicPosition)], offset: Option<StreamId>) -> Option<u64> {
+    let x = offset?;
+    topics
+        .iter()
+        .flat_map(|(_, t)| &t.late)
+        .find(|l| l.src == x)
+        .map(|l| l.order)
 }
 
 /// Where a topic's replay starts reading history.
@@ -459,7 +537,7 @@ pub(crate) fn recovery_request(auth: &Json) -> Option<(String, Option<StreamId>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_shared::wire::EnvelopeBody;
+    use roomcast_shared::wire::{EnvelopeBody, LateDelivery};
 
     fn id(ms: u64) -> StreamId {
         StreamId { ms, seq: 0 }
@@ -501,31 +579,40 @@ mod tests {
     }
 
     #[test]
-    fn late_repairs_sent_after_the_offset_are_fetched_again() {
-        // Message 40 was lost on pub/sub and repaired after messages up to 90 had been sent.
+    fn late_repairs_follow_send_order() {
+        // Message 40 was lost on pub/sub and repaired (send order 7) after messages up to 90 had
+        // been sent; message 45 was repaired right after it (order 8).
+        let late = |ms, order| LateDelivery {
+            src: id(ms),
+            high: id(90),
+            order,
+        };
         let mut t = topic(pos(0, 0), pos(9, 95), vec![]);
-        t.late = vec![(id(40), id(90))];
+        t.late = vec![late(40, 7), late(45, 8)];
         assert_eq!(
-            late_unreceived(&t, Some(id(60))),
-            vec![id(40)],
+            late_unreceived(&t, Some(id(60)), None),
+            vec![id(40), id(45)],
             "X=60 was sent before the repair"
         );
         assert!(
-            late_unreceived(&t, Some(id(91))).is_empty(),
-            "X=91 came after the repair: 40 was received"
+            late_unreceived(&t, Some(id(91)), None).is_empty(),
+            "X=91 came after the repair"
         );
         assert!(
-            late_unreceived(&t, Some(id(40))).is_empty(),
-            "X is the message itself"
-        );
-        assert!(
-            late_unreceived(&t, Some(id(30))).is_empty(),
+            late_unreceived(&t, Some(id(30)), None).is_empty(),
             "after X anyway: read with the rest"
         );
         assert!(
-            late_unreceived(&t, None).is_empty(),
+            late_unreceived(&t, None, None).is_empty(),
             "no offset: everything since the join is read"
         );
+        // X is the repaired 45 itself: 40 was sent before it.
+        let topics = [(Arc::from("c"), &t)];
+        let x_order = offset_order(&topics, Some(id(45)));
+        assert_eq!(x_order, Some(8));
+        assert!(late_unreceived(&t, Some(id(45)), x_order).is_empty());
+        // X is the repaired 40: 45 was sent after it, but it is after X and read anyway.
+        assert!(late_unreceived(&t, Some(id(40)), offset_order(&topics, Some(id(40)))).is_empty());
     }
 
     fn seqs(r: Option<(Position, Vec<HistoryEntry>)>) -> Option<(u64, Vec<u64>)> {

@@ -15,7 +15,7 @@ use std::{
     },
 };
 
-use roomcast_shared::wire::{Position, StreamId};
+use roomcast_shared::wire::{LateDelivery, Position, StreamId};
 use tokio::sync::{Notify, watch};
 
 use crate::{recovery::ReplayBuffer, sio::SioSocket};
@@ -76,7 +76,7 @@ pub(crate) struct TopicEntry {
     ahead: Mutex<Vec<StreamId>>,
     /// Messages delivered out of publish order by a gap repair, with the largest source id sent
     /// before them (see `Departure::late`).
-    late: Mutex<Vec<(StreamId, StreamId)>>,
+    late: Mutex<Vec<LateDelivery>>,
 }
 
 /// Most entries kept in `TopicEntry::ahead`; copies of one message arrive back to back, so this
@@ -98,12 +98,12 @@ impl TopicEntry {
     }
 
     /// A gap repair delivered `src` after messages up to `high` had been sent.
-    pub(crate) fn delivered_late(&self, src: StreamId, high: StreamId) {
+    pub(crate) fn delivered_late(&self, delivery: LateDelivery) {
         let mut late = self.late.lock().unwrap_or_else(PoisonError::into_inner);
         if late.len() == MAX_AHEAD {
             late.remove(0);
         }
-        late.push((src, high));
+        late.push(delivery);
     }
 
     /// This topic's own copy of a message arrived.
@@ -123,7 +123,7 @@ pub(crate) struct Departure {
     /// arrived): a replay must not send them again.
     pub(crate) ahead: Vec<StreamId>,
     /// Delivered out of publish order by gap repairs: `(message, largest source id sent before)`.
-    pub(crate) late: Vec<(StreamId, StreamId)>,
+    pub(crate) late: Vec<LateDelivery>,
 }
 
 #[derive(Default)]

@@ -90,6 +90,39 @@ impl SioSocket {
         }
     }
 
+    /// Queues a packet, waiting while the connection's queue is full: for recovery replays,
+    /// which can be longer than the queue. Gives up (closing the connection) if the client does
+    /// not drain its queue within `patience`.
+    pub async fn emit_patiently(
+        &self,
+        packet: Str,
+        patience: std::time::Duration,
+    ) -> Result<(), EmitError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut packet = packet;
+        loop {
+            match self.engine.emit(packet) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(_)) => return Err(EmitError::Closed),
+                Err(TrySendError::Full(back)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!(sid = %self.id, "client does not drain its queue, closing slow consumer");
+                        self.engine.close(DisconnectReason::TransportError);
+                        return Err(EmitError::SlowConsumer);
+                    }
+                    packet = back;
+                    // engineioxide has no awaitable send; poll while the transport drains it.
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        }
+    }
+
+    /// Closes the client's whole Engine.IO connection; the official client reconnects.
+    pub fn close_connection(&self) {
+        self.engine.close(DisconnectReason::TransportError);
+    }
+
     /// Replies to a client's event that asked for an acknowledgement.
     pub fn ack(&self, id: u64, args: &Value) {
         // A failure here means the client is gone or slow; emit() already handled both.

@@ -15,7 +15,9 @@ pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeBody, EnvelopeError};
 pub use keys::{KeySpace, Topic};
 pub use names::{NameError, validate_namespace, validate_room};
 pub use publish::{PublishError, PublishLimits, PublishRequest, Target};
-pub use session::{Position, SESSION_VERSION, SessionError, SessionRecord, TopicPosition};
+pub use session::{
+    LateDelivery, Position, SESSION_VERSION, SessionError, SessionRecord, TopicPosition,
+};
 pub use stream_id::StreamId;
 
 /// The Lua script that atomically sequences one entry into one topic and publishes it.

@@ -34,11 +34,35 @@ pub struct TopicPosition {
     /// this topic's own copy had not arrived yet: they are after `last` but were delivered.
     #[serde(default)]
     pub ahead: Vec<StreamId>,
-    /// Messages sent out of publish order because a gap was repaired: `(message, high)` where
-    /// `high` is the largest source id the gateway had sent before it. A client whose offset X
-    /// has `message < X <= high` got X before the message, so it may not have received it.
+    /// Messages sent out of publish order because a gap was repaired.
     #[serde(default)]
-    pub late: Vec<(StreamId, StreamId)>,
+    pub late: Vec<LateDelivery>,
+}
+
+/// A message a gap repair delivered after messages with larger source ids. Whether a client
+/// with offset X has it depends on send order, not source order: it does if X is this message,
+/// if X is a later-sent repaired message (`order`), or if X is a live message sent after the
+/// repair (`X > high`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateDelivery {
+    pub src: StreamId,
+    /// The largest source id the gateway had sent before this repair.
+    pub high: StreamId,
+    /// Position in the gateway's send order, comparable between the late deliveries of one
+    /// session.
+    pub order: u64,
+}
+
+impl LateDelivery {
+    /// Whether a client whose last received offset is `x` has this message; `x_order` is X's
+    /// send order if X is itself a late delivery of the same session.
+    pub fn received_by(&self, x: StreamId, x_order: Option<u64>) -> bool {
+        self.src == x
+            || match x_order {
+                Some(x_order) => x_order > self.order,
+                None => x > self.high,
+            }
+    }
 }
 
 /// A disconnected socket, as needed to restore it.
