@@ -74,7 +74,7 @@ impl Gateway {
             }
             tracing::warn!(sid = %socket.id(), room = %room, "join not confirmed by Redis in time");
             if socket.remove_room(&room) {
-                rooms.remove(&channel, socket.id());
+                rooms.remove(&channel, &socket);
             }
             if let Some(id) = ack {
                 socket.ack(
@@ -103,8 +103,7 @@ impl Gateway {
             }
         };
         if socket.remove_room(room) {
-            self.rooms
-                .remove(&self.room_channel(socket, room), socket.id());
+            self.rooms.remove(&self.room_channel(socket, room), socket);
         }
         reply(socket, event.ack, json!([{ "ok": true }]))
     }
@@ -180,7 +179,7 @@ impl SioApp for Gateway {
             .await
             .is_err()
         {
-            self.rooms.remove(&channel, socket.id());
+            self.rooms.remove(&channel, &socket);
             return Err("unavailable: gateway cannot reach Redis".into());
         }
         Ok(Accepted {
@@ -202,21 +201,21 @@ impl SioApp for Gateway {
         tracing::debug!(sid = %socket.id(), reason, "socket disconnected");
         let mut departures = Vec::new();
         for room in socket.take_rooms() {
-            if let Some(d) = self
-                .rooms
-                .remove(&self.room_channel(socket, &room), socket.id())
-            {
+            if let Some(d) = self.rooms.remove(&self.room_channel(socket, &room), socket) {
                 departures.push((Some(room.to_string()), d));
             }
         }
         if let Some(d) = self
             .rooms
-            .remove(self.keys.namespace(socket.nsp()).channel(), socket.id())
+            .remove(self.keys.namespace(socket.nsp()).channel(), socket)
         {
             departures.push((None, d));
         }
-        // Like Node: a client that said goodbye does not want its session back.
+        // Like Node: a client that said goodbye does not want its session back. No departures
+        // means the socket had already been recovered elsewhere on this gateway (same id): its
+        // session belongs to the new socket now.
         if reason != "client namespace disconnect"
+            && !departures.is_empty()
             && let (Some(sessions), Some(pid)) = (&self.sessions, socket.pid())
         {
             sessions.save(socket, pid, departures);

@@ -65,6 +65,8 @@ pub async fn run(
             rooms: rooms.clone(),
             readiness: readiness.clone(),
             recovery: config.recovery.enabled(),
+            hold_ms: u64::try_from(config.recovery.max_disconnection.as_millis())
+                .unwrap_or(u64::MAX),
             probe_interval: config.subscription_probe_interval,
             stats: stats.clone(),
         }

@@ -279,7 +279,7 @@ impl Sessions {
             })),
             Err(error) => {
                 for (channel, _) in &topics {
-                    self.rooms.remove(channel, socket.id());
+                    self.rooms.remove(channel, &socket);
                 }
                 socket.take_rooms();
                 if error.is_transient() {

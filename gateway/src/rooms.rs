@@ -198,10 +198,19 @@ impl LocalRooms {
 
     /// Removes a socket from a topic; dropping the last member schedules the unsubscribe.
     /// Returns the socket's positions in the topic, if it was a member.
-    pub(crate) fn remove(&self, channel: &str, socket_id: &str) -> Option<Departure> {
+    pub(crate) fn remove(&self, channel: &str, socket: &SioSocket) -> Option<Departure> {
         let mut inner = self.write();
         let entry = inner.topics.get_mut(channel)?;
-        let member = entry.members.remove(socket_id)?;
+        // A recovered socket reuses its id: if it came back here before this gateway processed
+        // the old connection's close, the entry is the new socket's and must stay.
+        if !entry
+            .members
+            .get(socket.id())
+            .is_some_and(|m| std::ptr::eq(&*m.socket, socket))
+        {
+            return None;
+        }
+        let member = entry.members.remove(socket.id())?;
         let departure = Departure {
             base: member.base.or(entry.initial),
             last: entry.last.get(),
@@ -369,8 +378,8 @@ mod tests {
         assert_eq!(changes.topics, vec![(Arc::from("ch:x"), 2)]);
         assert!(rooms.take_changes(false).topics.is_empty());
 
-        rooms.remove("ch:x", a.socket.id());
-        rooms.remove("ch:x", b.socket.id());
+        rooms.remove("ch:x", &a.socket);
+        rooms.remove("ch:x", &b.socket);
         let changes = rooms.take_changes(false);
         assert_eq!(
             changes.topics,
@@ -398,15 +407,15 @@ mod tests {
         rooms.with_topics(|t| t["ch:x"].last.set(pos(7, 70)));
         rooms.add("ch:x", &b.socket, None);
         rooms.with_topics(|t| t["ch:x"].last.set(pos(9, 90)));
-        let da = rooms.remove("ch:x", a.socket.id()).expect("member");
+        let da = rooms.remove("ch:x", &a.socket).expect("member");
         assert_eq!(
             (da.base, da.last),
             (Some(pos(5, 50)), Some(pos(9, 90))),
             "joined before positioning: the initial position"
         );
-        let db = rooms.remove("ch:x", b.socket.id()).expect("member");
+        let db = rooms.remove("ch:x", &b.socket).expect("member");
         assert_eq!((db.base, db.last), (Some(pos(7, 70)), Some(pos(9, 90))));
-        assert!(rooms.remove("ch:x", b.socket.id()).is_none());
+        assert!(rooms.remove("ch:x", &b.socket).is_none());
     }
 
     #[tokio::test]
@@ -416,7 +425,7 @@ mod tests {
         rooms.add("ch:x", &a.socket, None);
         rooms.add("ch:y", &a.socket, None);
         rooms.take_changes(false);
-        rooms.remove("ch:y", a.socket.id());
+        rooms.remove("ch:y", &a.socket);
         rooms.request_full_resync();
         let mut topics = rooms.take_changes(false).topics;
         topics.sort();

@@ -34,6 +34,9 @@ pub(crate) struct Subscriptions {
     pub(crate) readiness: Readiness,
     /// Offsets and gap repair (connection state recovery on).
     pub(crate) recovery: bool,
+    /// The recovery window, in ms: a topic this gateway stops holding keeps its history for as
+    /// long (its last member may come back through any gateway). 0 when recovery is off.
+    pub(crate) hold_ms: u64,
     /// How often the subscription connection is PINGed to prove it still delivers.
     pub(crate) probe_interval: Duration,
     pub(crate) stats: Arc<GatewayStats>,
@@ -157,6 +160,17 @@ impl Subscriptions {
                     to_subscribe.push(channel);
                 }
             } else {
+                if self.hold_ms > 0 {
+                    // Before the count goes: at every instant the topic is held or on hold, so
+                    // the fanout never drops a message a recovering socket will ask for.
+                    let hold = Topic::from_channel(&*channel).hold_key();
+                    pipe.cmd("SET")
+                        .arg(hold)
+                        .arg(1)
+                        .arg("PX")
+                        .arg(self.hold_ms)
+                        .ignore();
+                }
                 pipe.hdel(&members, &*self.gateway_id).ignore();
                 pipe.srem(&own_topics, &*channel).ignore();
                 if subscribed.contains(&channel) {
