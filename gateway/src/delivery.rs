@@ -15,7 +15,7 @@ use roomcast_shared::wire::{
 
 use crate::{
     history,
-    recovery::Buffered,
+    replay::Buffered,
     rooms::{LocalRooms, TopicEntry},
     sio::packet,
     stats::GatewayStats,

@@ -7,6 +7,7 @@ mod handlers;
 mod history;
 mod membership;
 mod recovery;
+mod replay;
 mod rooms;
 pub mod sio;
 mod stats;

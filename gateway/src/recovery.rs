@@ -9,11 +9,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use engineioxide::Str;
 use redis::{Value, aio::ConnectionManager};
 use roomcast_shared::wire::{
     Envelope, KeySpace, Position, SESSION_VERSION, SessionRecord, StreamId, TopicPosition,
@@ -21,6 +20,7 @@ use roomcast_shared::wire::{
 use serde_json::Value as Json;
 use tokio_util::task::TaskTracker;
 
+use crate::replay::{Buffered, ReplayBuffer};
 use crate::{
     delivery::event_packet,
     history::{self, HistoryEntry},
@@ -28,95 +28,6 @@ use crate::{
     sio::{Accepted, ConnectRequest, SioSocket},
     stats::GatewayStats,
 };
-
-/// Live messages a recovering socket may accumulate while its replay is read.
-const MAX_BUFFERED: usize = 10_000;
-
-/// A live message held back while a socket's replay is being written.
-pub(crate) struct Buffered {
-    pub(crate) channel: Arc<str>,
-    pub(crate) seq: u64,
-    pub(crate) src: StreamId,
-    pub(crate) packet: Str,
-}
-
-enum ReplayState {
-    Buffering {
-        items: Vec<Buffered>,
-        overflowed: bool,
-    },
-    Live,
-}
-
-/// Holds live messages for a recovering socket so they cannot overtake the replay.
-pub(crate) struct ReplayBuffer {
-    state: Mutex<ReplayState>,
-}
-
-impl ReplayBuffer {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            state: Mutex::new(ReplayState::Buffering {
-                items: Vec::new(),
-                overflowed: false,
-            }),
-        })
-    }
-
-    /// Buffers the message while the replay is pending; once live, hands the packet back for
-    /// the caller to emit.
-    pub(crate) fn offer(&self, item: Buffered) -> Option<Str> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match &mut *state {
-            ReplayState::Buffering { items, overflowed } => {
-                if items.len() < MAX_BUFFERED {
-                    items.push(item);
-                } else {
-                    *overflowed = true;
-                }
-                None
-            }
-            ReplayState::Live => Some(item.packet),
-        }
-    }
-
-    /// Emits the buffered messages the replay did not cover, then turns live. Drains in chunks
-    /// without holding the lock while waiting for the client; messages arriving meanwhile join
-    /// the buffer, and the switch to live happens under the lock once it is empty, so nothing
-    /// overtakes anything.
-    async fn finish(
-        &self,
-        socket: &SioSocket,
-        skip: impl Fn(&Buffered) -> bool,
-        patience: Duration,
-    ) -> Result<(), RestoreError> {
-        loop {
-            let chunk = {
-                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                match &mut *state {
-                    ReplayState::Live => return Ok(()),
-                    ReplayState::Buffering {
-                        overflowed: true, ..
-                    } => {
-                        *state = ReplayState::Live;
-                        return Err(RestoreError::Overflow);
-                    }
-                    ReplayState::Buffering { items, .. } if items.is_empty() => {
-                        *state = ReplayState::Live;
-                        return Ok(());
-                    }
-                    ReplayState::Buffering { items, .. } => std::mem::take(items),
-                }
-            };
-            for item in chunk.into_iter().filter(|i| !skip(i)) {
-                socket
-                    .emit_patiently(item.packet, patience)
-                    .await
-                    .map_err(|_| RestoreError::ClientGone)?;
-            }
-        }
-    }
-}
 
 /// Why a session could not be restored; the client then gets a fresh session.
 #[derive(Debug, thiserror::Error)]

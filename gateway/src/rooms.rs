@@ -18,7 +18,7 @@ use std::{
 use roomcast_shared::wire::{LateDelivery, Position, StreamId};
 use tokio::sync::{Notify, watch};
 
-use crate::{recovery::ReplayBuffer, sio::SioSocket};
+use crate::{replay::ReplayBuffer, sio::SioSocket};
 
 /// One local socket in a topic.
 pub(crate) struct Member {
