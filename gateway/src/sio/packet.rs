@@ -121,7 +121,8 @@ impl Packet {
                     Some(Value::String(name)) if RESERVED_EVENTS.contains(&name.as_str()) => {
                         return Err(PacketError::ReservedEvent);
                     }
-                    Some(Value::String(_)) => true,
+                    // socket.io-parser accepts a string or a number as the event name.
+                    Some(Value::String(_) | Value::Number(_)) => true,
                     _ => false,
                 },
                 _ => false,
@@ -249,6 +250,8 @@ mod tests {
             (p.nsp.as_str(), p.data.clone()),
             ("/admin", json!({"token":"x"}))
         );
+        let p = Packet::parse(r#"2[42,"x"]"#).expect("numeric event names are valid, as in Node");
+        assert_eq!(p.kind, PacketType::Event);
         let p = Packet::parse(r#"2["join","chat:42"]"#).expect("event");
         assert_eq!((p.kind, p.id), (PacketType::Event, None));
         let p = Packet::parse(r#"2/admin,12["join","a"]"#).expect("event with ack");
@@ -275,7 +278,7 @@ mod tests {
             ),
             ("2[", PacketError::InvalidJson),
             ("2{}", PacketError::WrongShape),
-            ("2[1]", PacketError::WrongShape),
+            ("2[true]", PacketError::WrongShape),
             ("2[]", PacketError::WrongShape),
             ("0[1]", PacketError::WrongShape),
             ("3[1]", PacketError::WrongShape),

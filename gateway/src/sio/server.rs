@@ -298,8 +298,10 @@ impl<A: SioApp> Connection<A> {
                 let Value::Array(mut args) = packet.data else {
                     return Err(PacketError::WrongShape);
                 };
-                let Value::String(name) = args.remove(0) else {
-                    return Err(PacketError::WrongShape);
+                let name = match args.remove(0) {
+                    Value::String(name) => name,
+                    Value::Number(n) => n.to_string(),
+                    _ => return Err(PacketError::WrongShape),
                 };
                 let event = Event {
                     name,
