@@ -6,10 +6,13 @@ use std::{sync::Arc, time::Duration};
 use roomcast_shared::wire::{KeySpace, validate_room};
 use serde_json::{Value, json};
 
+use roomcast_shared::wire::ControlMessage;
+
 use crate::{
     recovery::{Sessions, recovery_request},
-    rooms::LocalRooms,
+    rooms::{Departure, LocalRooms},
     sio::{Accepted, ConnectRequest, Event, HandlerFuture, SioApp, SioSocket, random_id},
+    takeover::Takeovers,
 };
 
 pub(crate) struct Gateway {
@@ -20,6 +23,8 @@ pub(crate) struct Gateway {
     pub(crate) max_rooms_per_socket: usize,
     /// Connection state recovery; `None` when it is off.
     pub(crate) sessions: Option<Sessions>,
+    /// Asking other gateways for sockets they still hold (with recovery on).
+    pub(crate) takeovers: Option<Arc<Takeovers>>,
 }
 
 fn refusal(error: impl std::fmt::Display) -> Value {
@@ -128,7 +133,15 @@ impl Gateway {
         let Some((pid, offset)) = recovery_request(&request.auth) else {
             return Ok(None);
         };
-        let restored = sessions.restore(request, &pid, offset).await;
+        let mut restored = sessions.restore(request, &pid, offset).await;
+        // No session stored: the old connection may still be open somewhere (its client's
+        // network vanished without a close). Ask its gateway to give it up, then try again.
+        if matches!(restored, Ok(None))
+            && let Some(takeovers) = &self.takeovers
+            && takeovers.request(&pid).await
+        {
+            restored = sessions.restore(request, &pid, offset).await;
+        }
         let counter = if matches!(restored, Ok(Some(_))) {
             &sessions.stats.recoveries
         } else {
@@ -156,6 +169,61 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    fn register(&self, accepted: &Accepted) {
+        if let (Some(takeovers), Some(pid)) = (&self.takeovers, &accepted.pid) {
+            takeovers.register(pid.clone(), &accepted.socket);
+        }
+    }
+
+    /// Takes the socket out of all its topics; what it leaves is what its session records.
+    fn leave_all(&self, socket: &SioSocket) -> Vec<(Option<String>, Departure)> {
+        let mut departures = Vec::new();
+        for room in socket.take_rooms() {
+            if let Some(d) = self.rooms.remove(&self.room_channel(socket, &room), socket) {
+                departures.push((Some(room.to_string()), d));
+            }
+        }
+        if let Some(d) = self
+            .rooms
+            .remove(self.keys.namespace(socket.nsp()).channel(), socket)
+        {
+            departures.push((None, d));
+        }
+        departures
+    }
+
+    /// Handles a message from another gateway (or from ourselves: requests go to everyone).
+    pub(crate) async fn handle_control(&self, message: ControlMessage) {
+        let Some(takeovers) = &self.takeovers else {
+            return;
+        };
+        match message {
+            ControlMessage::Takeover {
+                request, from, pid, ..
+            } => {
+                let held = match (takeovers.holder(&pid), &self.sessions) {
+                    (Some(socket), Some(sessions)) => {
+                        tracing::info!(sid = %socket.id(), "client reconnected elsewhere; saving its session and closing the old connection");
+                        let departures = self.leave_all(&socket);
+                        if !departures.is_empty() {
+                            sessions.session_write(&socket, &pid, departures).await;
+                        }
+                        takeovers.unregister(&pid, &socket);
+                        socket.close_connection();
+                        true
+                    }
+                    _ => false,
+                };
+                takeovers.reply(&from, request, held).await;
+            }
+            ControlMessage::TakeoverReply { request, held, .. } => {
+                takeovers.on_reply(request, held)
+            }
+        }
+    }
+}
+
 /// Acks right away (if the client asked) with nothing left to wait for.
 fn reply(socket: &SioSocket, ack: Option<u64>, args: Value) -> Option<HandlerFuture> {
     if let Some(id) = ack {
@@ -169,6 +237,7 @@ impl SioApp for Gateway {
         if let Some(sessions) = &self.sessions
             && let Some(accepted) = self.recover(sessions, &request).await?
         {
+            self.register(&accepted);
             return Ok(accepted);
         }
         let socket = request.socket(None);
@@ -182,10 +251,12 @@ impl SioApp for Gateway {
             self.rooms.remove(&channel, &socket);
             return Err("unavailable: gateway cannot reach Redis".into());
         }
-        Ok(Accepted {
+        let accepted = Accepted {
             socket,
             pid: self.sessions.as_ref().map(|_| random_id()),
-        })
+        };
+        self.register(&accepted);
+        Ok(accepted)
     }
 
     fn event(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture> {
@@ -199,21 +270,13 @@ impl SioApp for Gateway {
 
     fn disconnect(&self, socket: &Arc<SioSocket>, reason: &'static str) {
         tracing::debug!(sid = %socket.id(), reason, "socket disconnected");
-        let mut departures = Vec::new();
-        for room in socket.take_rooms() {
-            if let Some(d) = self.rooms.remove(&self.room_channel(socket, &room), socket) {
-                departures.push((Some(room.to_string()), d));
-            }
-        }
-        if let Some(d) = self
-            .rooms
-            .remove(self.keys.namespace(socket.nsp()).channel(), socket)
-        {
-            departures.push((None, d));
+        let departures = self.leave_all(socket);
+        if let (Some(takeovers), Some(pid)) = (&self.takeovers, socket.pid()) {
+            takeovers.unregister(pid, socket);
         }
         // Like Node: a client that said goodbye does not want its session back. No departures
-        // means the socket had already been recovered elsewhere on this gateway (same id): its
-        // session belongs to the new socket now.
+        // means the socket was already taken over, or replaced by its recovered self on this
+        // gateway (same id): the session belongs to the new socket now.
         if reason != "client namespace disconnect"
             && !departures.is_empty()
             && let (Some(sessions), Some(pid)) = (&self.sessions, socket.pid())

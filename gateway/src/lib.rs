@@ -12,6 +12,7 @@ mod rooms;
 pub mod sio;
 mod stats;
 mod subscriptions;
+mod takeover;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ use crate::{
     sio::{SioConfig, SioServer},
     stats::GatewayStats,
     subscriptions::{READY_SUBSCRIPTIONS, Subscriptions},
+    takeover::Takeovers,
 };
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then closes client
@@ -54,6 +56,15 @@ pub async fn run(
     readiness.set(READY_REDIS, true);
     let rooms = Arc::new(LocalRooms::new());
     let stats = Arc::new(GatewayStats::default());
+    let takeovers = config.recovery.enabled().then(|| {
+        Arc::new(Takeovers::new(
+            keys.clone(),
+            gateway_id.clone(),
+            commands.clone(),
+            config.request_timeout,
+        ))
+    });
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(1024);
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
 
@@ -70,6 +81,11 @@ pub async fn run(
                 .unwrap_or(u64::MAX),
             probe_interval: config.subscription_probe_interval,
             stats: stats.clone(),
+            control_channels: takeovers
+                .as_ref()
+                .map(|t| t.channels().to_vec())
+                .unwrap_or_default(),
+            control: control_tx,
         }
         .run(background_stop.clone()),
     );
@@ -104,7 +120,25 @@ pub async fn run(
         request_timeout: config.request_timeout,
         max_rooms_per_socket: config.max_rooms_per_socket,
         sessions,
+        takeovers,
     });
+    {
+        // Requests from other gateways; each handled on its own task so a slow session write
+        // does not hold up the answers to others.
+        let app = app.clone();
+        let tasks = background.clone();
+        let stop = background_stop.clone();
+        background.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = control_rx.recv() => match m { Some(m) => m, None => return },
+                };
+                let app = app.clone();
+                tasks.spawn(async move { app.handle_control(message).await });
+            }
+        });
+    }
     let connections = TaskTracker::new();
     let sio = SioServer::new(
         app,

@@ -91,6 +91,18 @@ impl Sessions {
         pid: &str,
         departures: Vec<(Option<String>, Departure)>,
     ) {
+        let write = self.session_write(socket, pid, departures);
+        self.writes.spawn(write);
+    }
+
+    /// The write of a session, to await (a takeover must answer only once it is stored) or to
+    /// spawn.
+    pub(crate) fn session_write(
+        &self,
+        socket: &SioSocket,
+        pid: &str,
+        departures: Vec<(Option<String>, Departure)>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let topics: Vec<TopicPosition> = departures
             .into_iter()
             .map(|(room, d)| {
@@ -111,21 +123,21 @@ impl Sessions {
             topics,
             disconnected_at_ms: now_ms(),
         };
-        let bytes = match record.encode() {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::error!(%error, "cannot encode a session; the client will get a fresh one");
-                return;
-            }
-        };
         let window_ms = self.window.as_millis() as u64;
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.keys.session(pid))
-            .arg(bytes)
-            .arg("PX")
-            .arg(window_ms)
-            .ignore();
+        match record.encode() {
+            Ok(bytes) => {
+                pipe.cmd("SET")
+                    .arg(self.keys.session(pid))
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(window_ms)
+                    .ignore();
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a session; the client will get a fresh one")
+            }
+        }
         for t in &record.topics {
             let channel = self.topic_channel(&record.nsp, t.room.as_deref());
             let hold = roomcast_shared::wire::Topic::from_channel(channel).hold_key();
@@ -138,12 +150,14 @@ impl Sessions {
         }
         let mut commands = self.commands.clone();
         let sid = record.sid;
-        self.writes.spawn(async move {
+        async move {
             match pipe.query_async::<()>(&mut commands).await {
                 Ok(()) => tracing::debug!(%sid, "session saved"),
-                Err(error) => tracing::warn!(%error, %sid, "could not save a session; the client will get a fresh one"),
+                Err(error) => {
+                    tracing::warn!(%error, %sid, "could not save a session; the client will get a fresh one")
+                }
             }
-        });
+        }
     }
 
     /// Restores the session `pid` into a new socket on this gateway: same id, same rooms, the

@@ -10,9 +10,9 @@ use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use roomcast_shared::{
     health::Readiness,
     redis_conn::Backoff,
-    wire::{KeySpace, Position, StreamId, Topic},
+    wire::{ControlMessage, KeySpace, Position, StreamId, Topic},
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -37,6 +37,10 @@ pub(crate) struct Subscriptions {
     /// The recovery window, in ms: a topic this gateway stops holding keeps its history for as
     /// long (its last member may come back through any gateway). 0 when recovery is off.
     pub(crate) hold_ms: u64,
+    /// Channels for gateway-to-gateway requests, subscribed for as long as the connection lives;
+    /// their messages go to `control` instead of delivery.
+    pub(crate) control_channels: Vec<String>,
+    pub(crate) control: mpsc::Sender<ControlMessage>,
     /// How often the subscription connection is PINGed to prove it still delivers.
     pub(crate) probe_interval: Duration,
     pub(crate) stats: Arc<GatewayStats>,
@@ -71,7 +75,18 @@ impl Subscriptions {
                 stream,
                 Delivery::new(dispatch, self.commands.clone(), self.stats.clone()),
                 resubscribed_rx,
+                Control {
+                    channels: self.control_channels.clone(),
+                    tx: self.control.clone(),
+                },
             ));
+            if !self.control_channels.is_empty()
+                && let Err(error) = sink.subscribe(&self.control_channels).await
+            {
+                tracing::warn!(%error, "cannot subscribe to the control channels; reconnecting");
+                delivery.abort();
+                continue;
+            }
             // A new connection has no subscriptions: rewrite everything.
             let mut subscribed: HashSet<Arc<str>> = HashSet::new();
             let mut full = true;
@@ -230,10 +245,17 @@ impl Subscriptions {
 
 /// Reads the subscription connection until it closes, delivering each message. Once the
 /// subscriptions of a reconnect are in place, first repairs what every topic missed.
+/// Where messages on the control channels go.
+struct Control {
+    channels: Vec<String>,
+    tx: mpsc::Sender<ControlMessage>,
+}
+
 async fn deliver_loop(
     mut stream: PubSubStream,
     mut delivery: Delivery,
     resubscribed: oneshot::Receiver<()>,
+    control: Control,
 ) {
     let mut resubscribed = Some(resubscribed);
     loop {
@@ -252,7 +274,17 @@ async fn deliver_loop(
             }
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
-                delivery.deliver(msg.get_channel_name(), msg.get_payload_bytes()).await;
+                let channel = msg.get_channel_name();
+                if control.channels.iter().any(|c| c == channel) {
+                    match ControlMessage::decode(msg.get_payload_bytes()) {
+                        // Full means requests pile up faster than they are served; the requester
+                        // then times out and its client starts a fresh session.
+                        Ok(message) => { let _ = control.tx.try_send(message); }
+                        Err(error) => tracing::warn!(%error, channel, "undecodable control message"),
+                    }
+                    continue;
+                }
+                delivery.deliver(channel, msg.get_payload_bytes()).await;
             }
         }
     }

@@ -42,6 +42,16 @@ impl KeySpace {
         format!("{}:gateway:{{{gateway_id}}}:topics", self.prefix)
     }
 
+    /// Channel every gateway listens to for requests from the others (`wire::control`).
+    pub fn control_channel(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    /// Channel one gateway listens to for answers to its requests.
+    pub fn gateway_control_channel(&self, gateway_id: &str) -> String {
+        format!("{}:gateway:{{{gateway_id}}}:control", self.prefix)
+    }
+
     /// A disconnected socket's recovery session (msgpack `SessionRecord`, expires after the
     /// recovery window); the hash tag is the private session id.
     pub fn session(&self, pid: &str) -> String {
@@ -129,6 +139,11 @@ mod tests {
         assert_eq!(t.history_key(), "socket.io:room:{/#chat:42}:hist");
         assert_eq!(t.hold_key(), "socket.io:room:{/#chat:42}:hold");
         assert_eq!(ks.session("abc"), "socket.io:session:{abc}");
+        assert_eq!(ks.control_channel(), "socket.io:control");
+        assert_eq!(
+            ks.gateway_control_channel("gw-1"),
+            "socket.io:gateway:{gw-1}:control"
+        );
         assert_eq!(ks.namespace("/admin").channel(), "socket.io:nsp:{/admin}");
     }
 

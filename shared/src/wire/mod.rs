@@ -4,6 +4,7 @@
 //! `docs/publish.md`, `docs/redis-keys.md` and `docs/architecture.md` describe the same contracts
 //! for humans; change both together.
 
+pub mod control;
 pub mod envelope;
 pub mod keys;
 pub mod names;
@@ -11,6 +12,7 @@ pub mod publish;
 pub mod session;
 pub mod stream_id;
 
+pub use control::ControlMessage;
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeBody, EnvelopeError};
 pub use keys::{KeySpace, Topic};
 pub use names::{NameError, validate_namespace, validate_room};

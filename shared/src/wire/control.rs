@@ -1,0 +1,67 @@
+//! Gateway-to-gateway requests (contract v1), JSON on pub/sub channels: a gateway asked to
+//! recover a session that is not stored yet asks, on `<prefix>:control`, whether another gateway
+//! still holds the socket (its client vanished without closing the connection, so that gateway
+//! has not noticed); the holder saves the session, closes the socket and answers on the
+//! requester's `<prefix>:gateway:{<id>}:control` channel. Every gateway answers, so the
+//! requester knows when it has heard from all of them; it waits at most the request timeout.
+
+use serde::{Deserialize, Serialize};
+
+/// A message on a control channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// "Does anyone hold the socket of session `pid`? Save it and close it."
+    Takeover {
+        v: u8,
+        request: u64,
+        from: String,
+        pid: String,
+    },
+    /// The answer of one gateway; `held` when it saved the session.
+    TakeoverReply { v: u8, request: u64, held: bool },
+}
+
+impl ControlMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing a plain enum of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_json_round_trips() {
+        let request = ControlMessage::Takeover {
+            v: 1,
+            request: 7,
+            from: "gw-a".into(),
+            pid: "p1".into(),
+        };
+        let text = r#"{"type":"takeover","v":1,"request":7,"from":"gw-a","pid":"p1"}"#;
+        assert_eq!(String::from_utf8(request.encode()).expect("utf-8"), text);
+        assert_eq!(
+            ControlMessage::decode(text.as_bytes()).expect("decodes"),
+            request
+        );
+        let reply = ControlMessage::TakeoverReply {
+            v: 1,
+            request: 7,
+            held: true,
+        };
+        let text = r#"{"type":"takeover_reply","v":1,"request":7,"held":true}"#;
+        assert_eq!(String::from_utf8(reply.encode()).expect("utf-8"), text);
+        assert_eq!(
+            ControlMessage::decode(text.as_bytes()).expect("decodes"),
+            reply
+        );
+        assert!(ControlMessage::decode(b"junk").is_err());
+    }
+}
