@@ -336,6 +336,9 @@ class RedisServer {
  *   proxy.cut()            resets every open connection (RST both ways); like a broken network
  *                          path, later requests of the Engine.IO sessions known so far are reset too
  *                          (a long-polling client opens a new TCP connection per request)
+ *   proxy.abandon()        resets the client side of every open connection but leaves the
+ *                          upstream side open and silent: the client sees its connection die
+ *                          while the server notices nothing (a phone that lost its network)
  *   proxy.freeze(ports)    stops forwarding, both ways, on the connections whose upstream side
  *                          has one of these local ports, without closing them: a silently dead
  *                          path (the upstream server sees its peer at that port, e.g. CLIENT LIST addr)
@@ -358,6 +361,7 @@ class TcpProxy {
     this.conns = new Set();
     this.sessions = new Map(); // engine.io sid -> target
     this.deadSids = new Set(); // sessions that were open at a cut()
+    this.abandoned = []; // upstream sides left open by abandon(), closed with the proxy
     this.server = null;
     this.port = null;
     this.url = null;
@@ -396,6 +400,29 @@ class TcpProxy {
     return n;
   }
 
+  /** Resets the client side of every open connection, leaving the upstream side open and silent. */
+  abandon() {
+    let n = 0;
+    for (const conn of [...this.conns]) {
+      const { client, upstream } = conn;
+      conn.abandoned = true;
+      if (upstream) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        upstream.pause();
+        this.abandoned.push(upstream);
+      }
+      try {
+        client.resetAndDestroy();
+      } catch (_) {
+        client.destroy();
+      }
+      this.conns.delete(conn);
+      n++;
+    }
+    return n;
+  }
+
   /** Freezes the connections whose upstream local port is in `ports`; returns how many. */
   freeze(ports) {
     let n = 0;
@@ -413,6 +440,7 @@ class TcpProxy {
 
   async close() {
     this.cut();
+    for (const upstream of this.abandoned.splice(0)) upstream.destroy();
     for (const { conn } of this.waiting.splice(0)) this._reset(conn);
     if (this.server) await new Promise((resolve) => this.server.close(() => resolve()));
   }
@@ -432,10 +460,10 @@ class TcpProxy {
   _accept(client) {
     const conn = { client, upstream: null, request: null };
     this.conns.add(conn);
-    client.on("error", () => conn.upstream && conn.upstream.destroy());
+    client.on("error", () => conn.upstream && !conn.abandoned && conn.upstream.destroy());
     client.on("close", () => {
       this.conns.delete(conn);
-      if (conn.upstream) conn.upstream.destroy();
+      if (conn.upstream && !conn.abandoned) conn.upstream.destroy();
     });
     if (!this.sticky) {
       if (this.holding) this.waiting.push({ conn, head: Buffer.alloc(0) });
@@ -466,7 +494,7 @@ class TcpProxy {
     const upstream = net.connect({ host: "127.0.0.1", port: this.resolve(target) });
     conn.upstream = upstream;
     conn.target = target;
-    upstream.on("error", () => client.destroy());
+    upstream.on("error", () => !conn.abandoned && client.destroy());
     if (learnSid) {
       // The Engine.IO open packet is the first thing a new session receives: 0{"sid":"...",...}.
       let seen = "";
