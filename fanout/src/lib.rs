@@ -76,8 +76,7 @@ impl Fanout {
                 max_rooms: config.max_publish_rooms,
             },
             history_max_len: config.recovery.history_max_len,
-            history_retention_ms: u64::try_from(config.recovery.max_disconnection.as_millis())
-                .unwrap_or(u64::MAX),
+            history_retention_ms: config.recovery.window_ms(),
         };
         if let Ok(addr) = admin.local_addr() {
             info!(%addr, "admin server listening");

@@ -216,6 +216,12 @@ impl Dispatcher {
                     if !body.except.is_empty() && member.socket.in_any(&body.except) {
                         continue;
                     }
+                    // A member has everything up to its base (where it joined, or where its
+                    // recovery replay ended): a gap repair that lands after a replay must not
+                    // send the replayed messages again.
+                    if member.base.is_some_and(|base| src <= base.src) {
+                        continue;
+                    }
                     let packet = match &member.replay {
                         Some(buffer) => {
                             let item = Buffered {
@@ -521,6 +527,35 @@ mod delivery_tests {
         );
         assert_eq!(only_b.drain().await.len(), 1);
         assert!(banned.drain().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_member_gets_nothing_at_or_before_its_base() {
+        let keys = KeySpace::new("p");
+        let rooms = Arc::new(LocalRooms::new());
+        let (mut recovered, mut other) = (testing::socket("/"), testing::socket("/"));
+        join(&rooms, &keys, &recovered.socket, "r");
+        join(&rooms, &keys, &other.socket, "r");
+        let channel = keys.room("/", "r").into_channel();
+        // The recovered socket's replay ended at seq 2 (source id 2-0).
+        rooms.set_base(
+            &channel,
+            recovered.socket.id(),
+            Position {
+                seq: 2,
+                src: StreamId { ms: 2, seq: 0 },
+            },
+        );
+        let mut d = Dispatcher::new(rooms, keys, true);
+        for (seq, id) in [(1, "1-0"), (2, "2-0"), (3, "3-0")] {
+            deliver(&mut d, &channel, &envelope(seq, &["r"], &[], id));
+        }
+        assert_eq!(
+            recovered.drain().await.len(),
+            1,
+            "only what came after its replay"
+        );
+        assert_eq!(other.drain().await.len(), 3);
     }
 
     #[tokio::test]

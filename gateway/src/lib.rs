@@ -76,9 +76,7 @@ pub async fn run(
             gateway_id: gateway_id.clone(),
             rooms: rooms.clone(),
             readiness: readiness.clone(),
-            recovery: config.recovery.enabled(),
-            hold_ms: u64::try_from(config.recovery.max_disconnection.as_millis())
-                .unwrap_or(u64::MAX),
+            window_ms: config.recovery.window_ms(),
             probe_interval: config.subscription_probe_interval,
             stats: stats.clone(),
             control_channels: takeovers

@@ -2,12 +2,10 @@
 //! gateways that stopped heartbeating (any gateway does it; the script is idempotent), and
 //! removal of our own memberships at start-up and on clean shutdown.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
+use roomcast_shared::clock::unix_ms;
 use roomcast_shared::{health::Readiness, wire::KeySpace, wire::REAP_GATEWAYS_LUA};
 use tokio_util::sync::CancellationToken;
 
@@ -23,12 +21,6 @@ pub(crate) struct Membership {
     pub(crate) readiness: Readiness,
     pub(crate) interval: Duration,
     pub(crate) ttl: Duration,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Membership {
@@ -73,7 +65,7 @@ impl Membership {
 
     /// One heartbeat and one reaping pass. Returns whether our entry had to be added.
     async fn beat(&mut self) -> redis::RedisResult<bool> {
-        let now = now_ms();
+        let now = unix_ms();
         let expiry = now + self.ttl.as_millis() as u64;
         let script = redis::Script::new(REAP_GATEWAYS_LUA);
         let mut reap = script.key(self.keys.gateways());
@@ -100,7 +92,7 @@ pub(crate) async fn remove_gateway(
 ) -> redis::RedisResult<()> {
     redis::Script::new(REAP_GATEWAYS_LUA)
         .key(keys.gateways())
-        .arg(now_ms())
+        .arg(unix_ms())
         .arg(keys.prefix())
         .arg(gateway_id)
         .invoke_async::<u64>(commands)

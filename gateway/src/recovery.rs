@@ -10,12 +10,13 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use redis::{Value, aio::ConnectionManager};
+use roomcast_shared::clock::unix_ms;
 use roomcast_shared::wire::{
-    Envelope, KeySpace, Position, SESSION_VERSION, SessionRecord, StreamId, TopicPosition,
+    Envelope, KeySpace, Position, SESSION_VERSION, SessionRecord, StreamId, Topic, TopicPosition,
 };
 use serde_json::Value as Json;
 use tokio_util::task::TaskTracker;
@@ -69,20 +70,7 @@ pub(crate) struct Sessions {
     pub(crate) stats: Arc<GatewayStats>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Sessions {
-    fn topic_channel(&self, nsp: &str, room: Option<&str>) -> String {
-        match room {
-            Some(room) => self.keys.room(nsp, room).into_channel(),
-            None => self.keys.namespace(nsp).into_channel(),
-        }
-    }
-
     /// Stores the session of a socket that left without asking to (transport closed, server
     /// shutdown), and keeps its topics' history being written for the window.
     pub(crate) fn save(
@@ -121,9 +109,9 @@ impl Sessions {
             sid: socket.id().to_string(),
             nsp: socket.nsp().to_string(),
             topics,
-            disconnected_at_ms: now_ms(),
+            disconnected_at_ms: unix_ms(),
         };
-        let window_ms = self.window.as_millis() as u64;
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         let mut pipe = redis::pipe();
         match record.encode() {
             Ok(bytes) => {
@@ -139,8 +127,7 @@ impl Sessions {
             }
         }
         for t in &record.topics {
-            let channel = self.topic_channel(&record.nsp, t.room.as_deref());
-            let hold = roomcast_shared::wire::Topic::from_channel(channel).hold_key();
+            let hold = self.keys.topic(&record.nsp, t.room.as_deref()).hold_key();
             pipe.cmd("SET")
                 .arg(hold)
                 .arg(1)
@@ -187,7 +174,11 @@ impl Sessions {
         let mut topics = Vec::with_capacity(record.topics.len());
         let mut generation = 0;
         for t in &record.topics {
-            let channel: Arc<str> = self.topic_channel(&record.nsp, t.room.as_deref()).into();
+            let channel: Arc<str> = self
+                .keys
+                .topic(&record.nsp, t.room.as_deref())
+                .into_channel()
+                .into();
             if let Some(room) = &t.room {
                 socket.add_room(&Arc::from(room.as_str()));
             }
@@ -211,8 +202,10 @@ impl Sessions {
                     // The session is still good: put it back for the rest of its window and drop
                     // the connection, so the client reconnects and tries again instead of
                     // continuing with a fresh session (and half a replay).
-                    let elapsed = now_ms().saturating_sub(record.disconnected_at_ms);
-                    let left = (self.window.as_millis() as u64).saturating_sub(elapsed);
+                    let elapsed = unix_ms().saturating_sub(record.disconnected_at_ms);
+                    let left = u64::try_from(self.window.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .saturating_sub(elapsed);
                     if left > 0 {
                         let put_back = redis::cmd("SET")
                             .arg(self.keys.session(pid))
@@ -257,7 +250,7 @@ impl Sessions {
         pipe.atomic();
         let mut plans = Vec::with_capacity(topics.len());
         for (channel, t) in topics {
-            let topic = roomcast_shared::wire::Topic::from_channel(&**channel);
+            let topic = Topic::from_channel(&**channel);
             let hist = topic.history_key();
             pipe.cmd("HGET").arg(topic.meta_key()).arg("seq");
             let plan = match offset {

@@ -79,9 +79,9 @@ pub(crate) struct TopicEntry {
     late: Mutex<Vec<LateDelivery>>,
 }
 
-/// Most entries kept in `TopicEntry::ahead`; copies of one message arrive back to back, so this
-/// only bounds a pathological case.
-const MAX_AHEAD: usize = 256;
+/// Most entries kept in `TopicEntry::ahead` and `TopicEntry::late`; both record short-lived
+/// out-of-order deliveries, so this only bounds a pathological case.
+const MAX_OUT_OF_ORDER: usize = 256;
 
 impl TopicEntry {
     fn ahead(&self) -> std::sync::MutexGuard<'_, Vec<StreamId>> {
@@ -91,7 +91,7 @@ impl TopicEntry {
     /// A multi-room message reached this topic's members through another room's copy.
     pub(crate) fn delivered_ahead(&self, src: StreamId) {
         let mut ahead = self.ahead();
-        if ahead.len() == MAX_AHEAD {
+        if ahead.len() == MAX_OUT_OF_ORDER {
             ahead.remove(0);
         }
         ahead.push(src);
@@ -100,7 +100,7 @@ impl TopicEntry {
     /// A gap repair delivered `src` after messages up to `high` had been sent.
     pub(crate) fn delivered_late(&self, delivery: LateDelivery) {
         let mut late = self.late.lock().unwrap_or_else(PoisonError::into_inner);
-        if late.len() == MAX_AHEAD {
+        if late.len() == MAX_OUT_OF_ORDER {
             late.remove(0);
         }
         late.push(delivery);

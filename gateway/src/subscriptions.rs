@@ -32,11 +32,10 @@ pub(crate) struct Subscriptions {
     pub(crate) gateway_id: Arc<str>,
     pub(crate) rooms: Arc<LocalRooms>,
     pub(crate) readiness: Readiness,
-    /// Offsets and gap repair (connection state recovery on).
-    pub(crate) recovery: bool,
-    /// The recovery window, in ms: a topic this gateway stops holding keeps its history for as
-    /// long (its last member may come back through any gateway). 0 when recovery is off.
-    pub(crate) hold_ms: u64,
+    /// The recovery window, in ms (0: recovery off). With recovery on, deliveries carry offsets
+    /// and gaps are repaired, and a topic this gateway stops holding keeps its history for the
+    /// window (its last member may come back through any gateway).
+    pub(crate) window_ms: u64,
     /// Channels for gateway-to-gateway requests, subscribed for as long as the connection lives;
     /// their messages go to `control` instead of delivery.
     pub(crate) control_channels: Vec<String>,
@@ -68,7 +67,8 @@ impl Subscriptions {
                     }
                 }
             };
-            let dispatch = Dispatcher::new(self.rooms.clone(), self.keys.clone(), self.recovery);
+            let dispatch =
+                Dispatcher::new(self.rooms.clone(), self.keys.clone(), self.window_ms > 0);
             let (resubscribed, resubscribed_rx) = oneshot::channel();
             let mut resubscribed = Some(resubscribed);
             let mut delivery = tokio::spawn(deliver_loop(
@@ -175,7 +175,7 @@ impl Subscriptions {
                     to_subscribe.push(channel);
                 }
             } else {
-                if self.hold_ms > 0 {
+                if self.window_ms > 0 {
                     // Before the count goes: at every instant the topic is held or on hold, so
                     // the fanout never drops a message a recovering socket will ask for.
                     let hold = Topic::from_channel(&*channel).hold_key();
@@ -183,7 +183,7 @@ impl Subscriptions {
                         .arg(hold)
                         .arg(1)
                         .arg("PX")
-                        .arg(self.hold_ms)
+                        .arg(self.window_ms)
                         .ignore();
                 }
                 pipe.hdel(&members, &*self.gateway_id).ignore();

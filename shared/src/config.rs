@@ -37,6 +37,11 @@ impl RecoveryArgs {
     pub fn enabled(&self) -> bool {
         !self.max_disconnection.is_zero()
     }
+
+    /// The window in milliseconds, as Redis expiries take it; 0 when recovery is off.
+    pub fn window_ms(&self) -> u64 {
+        u64::try_from(self.max_disconnection.as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// Graceful shutdown.

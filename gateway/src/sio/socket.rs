@@ -80,10 +80,7 @@ impl SioSocket {
         match self.engine.emit(packet) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
-                // Dropping the packet silently would leave a gap the client never learns about;
-                // closing lets it reconnect cleanly.
-                tracing::warn!(sid = %self.id, "outgoing queue full, closing slow consumer");
-                self.engine.close(DisconnectReason::TransportError);
+                self.close_slow_consumer();
                 Err(EmitError::SlowConsumer)
             }
             Err(TrySendError::Closed(_)) => Err(EmitError::Closed),
@@ -106,8 +103,7 @@ impl SioSocket {
                 Err(TrySendError::Closed(_)) => return Err(EmitError::Closed),
                 Err(TrySendError::Full(back)) => {
                     if tokio::time::Instant::now() >= deadline {
-                        tracing::warn!(sid = %self.id, "client does not drain its queue, closing slow consumer");
-                        self.engine.close(DisconnectReason::TransportError);
+                        self.close_slow_consumer();
                         return Err(EmitError::SlowConsumer);
                     }
                     packet = back;
@@ -150,12 +146,16 @@ impl SioSocket {
         }
         match self.engine.reserve() {
             Ok(permit) => permit.emit_many(text.into(), binaries.into()),
-            Err(TrySendError::Full(())) => {
-                tracing::warn!(sid = %self.id, "outgoing queue full, closing slow consumer");
-                self.engine.close(DisconnectReason::TransportError);
-            }
+            Err(TrySendError::Full(())) => self.close_slow_consumer(),
             Err(TrySendError::Closed(())) => {}
         }
+    }
+
+    /// A client that does not read its queue is disconnected, not silently skipped: a lost
+    /// packet would be a gap it never learns about, a reconnect lets it recover.
+    fn close_slow_consumer(&self) {
+        tracing::warn!(sid = %self.id, "outgoing queue full, closing slow consumer");
+        self.engine.close(DisconnectReason::TransportError);
     }
 
     fn rooms_lock(&self) -> MutexGuard<'_, Vec<Arc<str>>> {

@@ -65,6 +65,14 @@ impl KeySpace {
         }
     }
 
+    /// A room's topic, or the namespace's for `None` (how sessions name a socket's topics).
+    pub fn topic(&self, nsp: &str, room: Option<&str>) -> Topic {
+        match room {
+            Some(room) => self.room(nsp, room),
+            None => self.namespace(nsp),
+        }
+    }
+
     /// The topic that reaches every socket of a namespace (publish requests without rooms).
     pub fn namespace(&self, nsp: &str) -> Topic {
         Topic {
