@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use engineioxide::Str;
+use crate::eio::Message;
 use redis::aio::ConnectionManager;
 use roomcast_shared::wire::{
     Envelope, EnvelopeBody, KeySpace, LateDelivery, Position, StreamId, Topic,
@@ -58,7 +58,7 @@ impl RecentIds {
 
 /// The EVENT packet for an envelope: `2[<nsp>,]["event",...args]`, with the offset appended as
 /// the last argument when recovery is on (what the official client remembers and sends back).
-pub(crate) fn event_packet(body: &EnvelopeBody, offset: Option<StreamId>) -> Str {
+pub(crate) fn event_packet(body: &EnvelopeBody, offset: Option<StreamId>) -> Message {
     match offset {
         None => packet::encode_event(&body.nsp, &body.data).into(),
         Some(src) => {

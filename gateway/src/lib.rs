@@ -3,6 +3,7 @@
 
 mod config;
 mod delivery;
+pub mod eio;
 mod handlers;
 mod history;
 mod membership;
@@ -17,7 +18,6 @@ mod takeover;
 use std::sync::Arc;
 
 use anyhow::Context;
-use engineioxide::{TransportType, config::EngineIoConfig, layer::EngineIoLayer};
 use roomcast_shared::{health::Readiness, redis_conn::Backoff, wire::KeySpace};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -25,6 +25,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use config::{GatewayConfig, Transports};
 
 use crate::{
+    eio::{Engine, EngineConfig},
     handlers::Gateway,
     membership::{Membership, READY_REDIS},
     recovery::Sessions,
@@ -148,9 +149,8 @@ pub async fn run(
         shutdown.child_token(),
         connections.clone(),
     );
-    let router = roomcast_shared::health::routes(readiness.clone()).layer(
-        EngineIoLayer::from_config(Arc::new(sio), engine_config(&config)),
-    );
+    let router = roomcast_shared::health::routes(readiness.clone())
+        .merge(Engine::new(Arc::new(sio), engine_config(&config)).router());
 
     let serve_stop = shutdown.clone();
     let ready_on_stop = readiness.clone();
@@ -222,20 +222,15 @@ async fn connect_until_ready(
     }
 }
 
-fn engine_config(config: &GatewayConfig) -> EngineIoConfig {
-    let builder = EngineIoConfig::builder()
-        .req_path("/socket.io")
-        .ping_interval(config.ping_interval)
-        .ping_timeout(config.ping_timeout)
-        .upgrade_timeout(config.upgrade_timeout)
-        .max_payload(config.max_payload as u64)
-        .max_buffer_size(config.max_buffered_packets)
-        .ws_max_message_size(config.max_payload)
-        .ws_max_frame_size(config.max_payload);
-    let builder = match (config.transports.websocket, config.transports.polling) {
-        (true, true) => builder.transports([TransportType::Websocket, TransportType::Polling]),
-        (true, false) => builder.transports([TransportType::Websocket]),
-        _ => builder.transports([TransportType::Polling]),
-    };
-    builder.build()
+fn engine_config(config: &GatewayConfig) -> EngineConfig {
+    EngineConfig {
+        ping_interval: config.ping_interval,
+        ping_timeout: config.ping_timeout,
+        upgrade_timeout: config.upgrade_timeout,
+        max_payload: config.max_payload,
+        max_buffered_packets: config.max_buffered_packets,
+        websocket: config.transports.websocket,
+        polling: config.transports.polling,
+        ..EngineConfig::new("/socket.io")
+    }
 }

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use engineioxide::Str;
+use crate::eio::Message;
 use roomcast_shared::wire::StreamId;
 
 use crate::{recovery::RestoreError, sio::SioSocket};
@@ -19,7 +19,7 @@ pub(crate) struct Buffered {
     pub(crate) channel: Arc<str>,
     pub(crate) seq: u64,
     pub(crate) src: StreamId,
-    pub(crate) packet: Str,
+    pub(crate) packet: Message,
 }
 
 enum ReplayState {
@@ -47,7 +47,7 @@ impl ReplayBuffer {
 
     /// Buffers the message while the replay is pending; once live, hands the packet back for
     /// the caller to emit.
-    pub(crate) fn offer(&self, item: Buffered) -> Option<Str> {
+    pub(crate) fn offer(&self, item: Buffered) -> Option<Message> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match &mut *state {
             ReplayState::Buffering { items, overflowed } => {

@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 GET, enough for `/healthz`, `/readyz` and `/metrics`, without pulling an
-//! HTTP client into the workspace.
+//! A minimal HTTP/1.1 client, enough for `/healthz`, `/readyz`, `/metrics` and Engine.IO
+//! long-polling requests, without pulling an HTTP client into the workspace.
 
 use std::{io, net::SocketAddr, time::Duration};
 
@@ -11,17 +11,33 @@ use tokio::{
 /// Sends `GET <path>` and returns the status code and the body (`Connection: close`, so the body
 /// is everything after the headers; chunked bodies are returned as sent).
 pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    http_request(addr, "GET", path, b"").await
+}
+
+/// Sends `<method> <path>` with `body` (as `text/plain`) and returns the status code and the
+/// body, like [`http_get`].
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
         stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         Ok::<_, io::Error>(raw)
     };
     let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "HTTP GET timed out"))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "HTTP request timed out"))??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head

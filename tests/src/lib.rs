@@ -1,6 +1,6 @@
 //! Integration test harness shared by the Rust test suites: a real `redis-server` per test
 //! ([`RedisServer`]), waiting for conditions instead of sleeping ([`eventually`], [`within`]),
-//! a minimal HTTP GET for admin endpoints ([`http_get`]), the fanout run in-process
+//! a minimal HTTP client for admin endpoints and long-polling ([`http_get`], [`http_request`]), the fanout run in-process
 //! ([`InProcessFanout`]), the gateway run in-process ([`InProcessGateway`]) and a Redis-level stand-in for a gateway ([`FakeGateway`]).
 
 mod fake_gateway;
@@ -13,7 +13,7 @@ mod wait;
 pub use fake_gateway::FakeGateway;
 pub use fanout::InProcessFanout;
 pub use gateway::InProcessGateway;
-pub use http::http_get;
+pub use http::{http_get, http_request};
 pub use redis_server::RedisServer;
 pub use wait::{Check, DEADLINE, eventually, eventually_within, within};
 

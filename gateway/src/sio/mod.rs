@@ -1,4 +1,4 @@
-//! Our Socket.IO v5 protocol layer on engineioxide (see docs/architecture.md for why we own it).
+//! Our Socket.IO v5 protocol layer on our Engine.IO layer (`crate::eio`) (see docs/architecture.md for why we own it).
 //! Public so that other servers built from the same code (the protocol conformance server in
 //! `tests`) can use it with their own [`SioApp`].
 

@@ -1,4 +1,4 @@
-//! The Socket.IO v5 server on top of engineioxide: one task per Engine.IO connection processes
+//! The Socket.IO v5 server on top of our Engine.IO layer: one task per Engine.IO connection processes
 //! its packets strictly in arrival order, so an event sent right after `connect` is never lost
 //! while the namespace connect is still being set up (a known socketioxide 0.18 race).
 
@@ -14,7 +14,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use engineioxide::{DisconnectReason, Str, handler::EngineIoHandler};
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -25,6 +24,7 @@ use super::{
     packet::{self, Packet, PacketError, PacketType},
     socket::{ConnData, EngineSocket, Inbound, SioSocket, random_id},
 };
+use crate::eio::{DisconnectReason, EngineHandler, Message, Str};
 
 /// Packets a connection may have queued before its task reads them; a client that outruns
 /// this is flooding and is disconnected.
@@ -97,7 +97,7 @@ pub struct SioConfig {
     pub connect_timeout: Duration,
 }
 
-/// The Engine.IO handler; cheap to clone (engineioxide's layer wants `Clone`).
+/// The Engine.IO handler.
 pub struct SioServer<A> {
     app: Arc<A>,
     config: Arc<SioConfig>,
@@ -145,10 +145,10 @@ impl<A: SioApp> SioServer<A> {
     }
 }
 
-impl<A: SioApp> EngineIoHandler for SioServer<A> {
+impl<A: SioApp> EngineHandler for SioServer<A> {
     type Data = ConnData;
 
-    fn on_connect(self: Arc<Self>, engine: Arc<EngineSocket>) {
+    fn on_connect(&self, engine: &Arc<EngineSocket>) {
         let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         // The connection is still accepted at the Engine.IO level so the client gets a readable
         // `connect_error` on its namespace CONNECT instead of an opaque transport failure.
@@ -158,12 +158,11 @@ impl<A: SioApp> EngineIoHandler for SioServer<A> {
             tracing::error!(sid = %engine.id, "engine connection initialised twice");
             return;
         }
-        let span =
-            tracing::info_span!("conn", eio = %engine.id, transport = ?engine.transport_type());
+        let span = tracing::info_span!("conn", eio = %engine.id, transport = ?engine.transport());
         let conn = Connection {
             app: self.app.clone(),
             config: self.config.clone(),
-            engine,
+            engine: engine.clone(),
             refused,
             sockets: HashMap::new(),
             pending_binary: None,
@@ -173,17 +172,17 @@ impl<A: SioApp> EngineIoHandler for SioServer<A> {
             .spawn(conn.run(rx, self.shutdown.clone()).instrument(span));
     }
 
-    fn on_disconnect(&self, engine: Arc<EngineSocket>, reason: DisconnectReason) {
+    fn on_disconnect(&self, engine: &Arc<EngineSocket>, reason: DisconnectReason) {
         self.connections.fetch_sub(1, Ordering::Relaxed);
-        tracing::debug!(eio = %engine.id, ?reason, "engine connection closed");
+        tracing::debug!(eio = %engine.id, reason = reason.as_str(), "engine connection closed");
     }
 
-    fn on_message(self: &Arc<Self>, msg: Str, engine: Arc<EngineSocket>) {
-        forward(&engine, Inbound::Text(msg));
+    fn on_message(&self, engine: &Arc<EngineSocket>, message: Str) {
+        forward(engine, Inbound::Text(message));
     }
 
-    fn on_binary(self: &Arc<Self>, data: Bytes, engine: Arc<EngineSocket>) {
-        forward(&engine, Inbound::Binary(data));
+    fn on_binary(&self, engine: &Arc<EngineSocket>, data: Bytes) {
+        forward(engine, Inbound::Binary(data));
     }
 }
 
@@ -222,7 +221,9 @@ impl<A: SioApp> Connection<A> {
                     engine.close(DisconnectReason::ClosingServer);
                     break "server shutting down";
                 }
-                _ = engine.closed() => break "transport close",
+                _ = engine.closed() => {
+                    break engine.close_reason().map_or("transport close", DisconnectReason::as_str);
+                }
                 _ = &mut connect_deadline, if awaiting_first_connect => {
                     tracing::debug!("no namespace connected in time, closing");
                     engine.close(DisconnectReason::TransportClose);
@@ -359,6 +360,6 @@ impl<A: SioApp> Connection<A> {
 
     fn send(&self, text: String) {
         // Failure means the client is gone or too slow; the engine reports the close itself.
-        let _ = self.engine.emit(text);
+        let _ = self.engine.emit(Message::new(text));
     }
 }

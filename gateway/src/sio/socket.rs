@@ -3,14 +3,14 @@
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
-use engineioxide::{DisconnectReason, Str};
 use serde_json::Value;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 use super::packet;
+use crate::eio::{self, DisconnectReason, Message, Str};
 
-/// Per-Engine.IO-connection data engineioxide keeps for us: the inbox of the task that owns
-/// the connection (see `server`).
+/// Per-Engine.IO-connection data: the inbox of the task that owns the connection (see
+/// `server`).
 #[derive(Debug, Default)]
 pub struct ConnData {
     pub(super) inbox: OnceLock<mpsc::Sender<Inbound>>,
@@ -23,7 +23,7 @@ pub(super) enum Inbound {
     Binary(Bytes),
 }
 
-pub type EngineSocket = engineioxide::Socket<ConnData>;
+pub type EngineSocket = eio::EngineSocket<ConnData>;
 
 /// Why an outgoing packet did not reach the connection's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,16 +74,16 @@ impl SioSocket {
         let _ = self.pid.set(pid);
     }
 
-    /// Queues an already-encoded packet. The same `Str` is shared by every recipient of a
+    /// Queues an already-encoded packet. The same [`Message`] is shared by every recipient of a
     /// broadcast; cloning it only bumps a reference count.
-    pub fn emit(&self, packet: Str) -> Result<(), EmitError> {
+    pub fn emit(&self, packet: Message) -> Result<(), EmitError> {
         match self.engine.emit(packet) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
+            Err(eio::EmitError::Full) => {
                 self.close_slow_consumer();
                 Err(EmitError::SlowConsumer)
             }
-            Err(TrySendError::Closed(_)) => Err(EmitError::Closed),
+            Err(eio::EmitError::Closed) => Err(EmitError::Closed),
         }
     }
 
@@ -92,25 +92,16 @@ impl SioSocket {
     /// not drain its queue within `patience`.
     pub async fn emit_patiently(
         &self,
-        packet: Str,
+        packet: Message,
         patience: std::time::Duration,
     ) -> Result<(), EmitError> {
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut packet = packet;
-        loop {
-            match self.engine.emit(packet) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Closed(_)) => return Err(EmitError::Closed),
-                Err(TrySendError::Full(back)) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        self.close_slow_consumer();
-                        return Err(EmitError::SlowConsumer);
-                    }
-                    packet = back;
-                    // engineioxide has no awaitable send; poll while the transport drains it.
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                }
+        match self.engine.emit_within(packet, patience).await {
+            Ok(()) => Ok(()),
+            Err(eio::EmitError::Full) => {
+                self.close_slow_consumer();
+                Err(EmitError::SlowConsumer)
             }
+            Err(eio::EmitError::Closed) => Err(EmitError::Closed),
         }
     }
 
@@ -122,7 +113,7 @@ impl SioSocket {
     /// Replies to a client's event that asked for an acknowledgement.
     pub fn ack(&self, id: u64, args: &Value) {
         // A failure here means the client is gone or slow; emit() already handled both.
-        let _ = self.emit(packet::encode_ack(&self.nsp, id, args, 0).into());
+        let _ = self.emit(Message::new(packet::encode_ack(&self.nsp, id, args, 0)));
     }
 
     /// Acknowledges with binary attachments (`args` holds their placeholders).
@@ -141,13 +132,11 @@ impl SioSocket {
     /// Queues a text packet and its attachments as one unit, so no other packet lands between.
     fn emit_with_binaries(&self, text: String, binaries: Vec<Bytes>) {
         if binaries.is_empty() {
-            let _ = self.emit(text.into());
+            let _ = self.emit(Message::new(text));
             return;
         }
-        match self.engine.reserve() {
-            Ok(permit) => permit.emit_many(text.into(), binaries.into()),
-            Err(TrySendError::Full(())) => self.close_slow_consumer(),
-            Err(TrySendError::Closed(())) => {}
+        if let Err(eio::EmitError::Full) = self.engine.emit_many(Message::new(text), binaries) {
+            self.close_slow_consumer();
         }
     }
 
@@ -235,37 +224,28 @@ mod tests {
     }
 }
 
-/// Test support: a socket whose connection records the packets written to it.
+/// Test support: a socket whose connection keeps the packets written to it.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use engineioxide::{Str, socket::Sid};
 
     pub(crate) struct Recorded {
         pub(crate) socket: Arc<SioSocket>,
-        rx: mpsc::Receiver<engineioxide::Packet>,
+        engine: Arc<EngineSocket>,
     }
 
     impl Recorded {
-        /// Text packets written so far. The dummy engine forwards packets from a task; on the
-        /// single-threaded test runtime one yield lets it forward everything queued.
-        pub(crate) async fn drain(&mut self) -> Vec<Str> {
-            tokio::task::yield_now().await;
-            let mut out = Vec::new();
-            while let Ok(p) = self.rx.try_recv() {
-                if let engineioxide::Packet::Message(s) = p {
-                    out.push(s);
-                }
-            }
-            out
+        /// Text packets written so far (async for the tests written against a piped engine).
+        pub(crate) async fn drain(&mut self) -> Vec<Message> {
+            self.engine.take_messages()
         }
     }
 
     pub(crate) fn socket(nsp: &str) -> Recorded {
-        let (engine, rx) = EngineSocket::new_dummy_piped(Sid::new(), Box::new(|_, _| {}), 64);
+        let engine = Arc::new(EngineSocket::detached(random_id(), ConnData::default(), 64));
         Recorded {
-            socket: Arc::new(SioSocket::new(random_id(), nsp.into(), engine)),
-            rx,
+            socket: Arc::new(SioSocket::new(random_id(), nsp.into(), engine.clone())),
+            engine,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `roomcast-conformance`: the server the official protocol test suites expect, built from our
 //! own parts. It mirrors `shared/peers/node/conformance-server.js` exactly, on one port (`PORT`,
 //! default 3000, which both suites hard-code):
-//! - `/engine.io/`: a raw Engine.IO echo server (engineioxide), for the Engine.IO v4 suite;
+//! - `/engine.io/`: a raw Engine.IO echo server (`roomcast_gateway::eio`), for the Engine.IO v4
+//!   suite;
 //! - `/socket.io/`: `roomcast_gateway::sio` with namespaces `/` and `/custom`, for the
 //!   Socket.IO v5 suite.
 //!
@@ -16,12 +17,11 @@ use std::{
 
 use anyhow::Context;
 use bytes::Bytes;
-use engineioxide::{
-    DisconnectReason, Socket, Str, config::EngineIoConfig, handler::EngineIoHandler,
-    layer::EngineIoLayer,
-};
-use roomcast_gateway::sio::{
-    Accepted, ConnectRequest, Event, HandlerFuture, SioApp, SioConfig, SioServer, SioSocket,
+use roomcast_gateway::{
+    eio::{DisconnectReason, Engine, EngineConfig, EngineHandler, EngineSocket, Message, Str},
+    sio::{
+        Accepted, ConnectRequest, Event, HandlerFuture, SioApp, SioConfig, SioServer, SioSocket,
+    },
 };
 use roomcast_shared::{health::Readiness, shutdown::cancel_on_signal};
 use serde_json::{Value, json};
@@ -69,17 +69,10 @@ async fn main() -> anyhow::Result<()> {
         connections.clone(),
     );
 
-    // Each layer answers its own path and passes everything else on, so both servers share
-    // one port, like the Node reference server.
+    // Both servers share one port, like the Node reference server.
     let router = roomcast_shared::health::routes(Readiness::new(&[]))
-        .layer(EngineIoLayer::from_config(
-            Arc::new(Echo),
-            engine_config("/engine.io"),
-        ))
-        .layer(EngineIoLayer::from_config(
-            Arc::new(sio),
-            engine_config("/socket.io"),
-        ));
+        .merge(Engine::new(Arc::new(Echo), engine_config("/engine.io")).router())
+        .merge(Engine::new(Arc::new(sio), engine_config("/socket.io")).router());
 
     // The one line a caller (run.sh) waits for; everything else goes through tracing.
     #[allow(clippy::print_stdout)]
@@ -101,34 +94,32 @@ async fn main() -> anyhow::Result<()> {
 
 /// The Engine.IO settings of the Node reference server (`pingInterval`, `pingTimeout`,
 /// `maxPayload`/`maxHttpBufferSize`), at `path`.
-fn engine_config(path: &'static str) -> EngineIoConfig {
-    EngineIoConfig::builder()
-        .req_path(path)
-        .ping_interval(PING_INTERVAL)
-        .ping_timeout(PING_TIMEOUT)
-        .max_payload(MAX_PAYLOAD as u64)
-        .ws_max_message_size(MAX_PAYLOAD)
-        .ws_max_frame_size(MAX_PAYLOAD)
-        .build()
+fn engine_config(path: &'static str) -> EngineConfig {
+    EngineConfig {
+        ping_interval: PING_INTERVAL,
+        ping_timeout: PING_TIMEOUT,
+        max_payload: MAX_PAYLOAD,
+        ..EngineConfig::new(path)
+    }
 }
 
 /// The Engine.IO suite's server: every message, text or binary, is sent back as it came.
 #[derive(Debug, Clone)]
 struct Echo;
 
-impl EngineIoHandler for Echo {
+impl EngineHandler for Echo {
     type Data = ();
 
-    fn on_connect(self: Arc<Self>, _socket: Arc<Socket<()>>) {}
+    fn on_connect(&self, _socket: &Arc<EngineSocket<()>>) {}
 
-    fn on_disconnect(&self, _socket: Arc<Socket<()>>, _reason: DisconnectReason) {}
+    fn on_disconnect(&self, _socket: &Arc<EngineSocket<()>>, _reason: DisconnectReason) {}
 
-    fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<Socket<()>>) {
+    fn on_message(&self, socket: &Arc<EngineSocket<()>>, message: Str) {
         // A full queue or a closed socket: the suite then sees the close it provoked.
-        let _ = socket.emit(msg);
+        let _ = socket.emit(Message::from(message.as_str()));
     }
 
-    fn on_binary(self: &Arc<Self>, data: Bytes, socket: Arc<Socket<()>>) {
+    fn on_binary(&self, socket: &Arc<EngineSocket<()>>, data: Bytes) {
         let _ = socket.emit_binary(data);
     }
 }

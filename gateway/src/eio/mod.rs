@@ -1,0 +1,16 @@
+//! Our Engine.IO v4 server (long-polling and WebSocket, with upgrade), on axum and
+//! tokio-tungstenite. We own it instead of using engineioxide because the official conformance
+//! suite must pass (engineioxide pings at once on connect, Node after `pingInterval`, and keeps a
+//! session whose long-poll was abandoned), and because the gateway needs control of every
+//! per-connection buffer and of how a broadcast is queued: a [`Message`] is encoded once and
+//! shared by every recipient. See docs/architecture.md.
+
+mod engine;
+mod packet;
+mod polling;
+mod socket;
+mod ws;
+
+pub use engine::{Engine, EngineConfig, EngineHandler};
+pub use packet::{Message, PacketError, Str};
+pub use socket::{DisconnectReason, EmitError, EngineSocket, Transport};
