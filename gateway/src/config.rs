@@ -3,6 +3,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+
+use crate::{
+    auth::{PublicKey, Secret},
+    eio::AllowedOrigins,
+    limits::Rate,
+};
 use roomcast_shared::{
     config::{RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_positive},
     wire::validate_namespace,
@@ -104,6 +110,133 @@ pub struct GatewayConfig {
     /// Graceful shutdown (closing connections, saving their sessions).
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Authentication of clients (JWT) and browser origins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Shared secret (at least 32 bytes) for HS256 tokens. Setting it or JWT_PUBLIC_KEY_FILE
+    /// turns authentication on. Default: none (authentication off, any room may be joined).
+    #[arg(
+        long = "jwt-secret",
+        env = "JWT_SECRET",
+        value_name = "JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM public key file: an RSA key means RS256 tokens, an EC P-256 key ES256. Default: none.
+    #[arg(long = "jwt-public-key-file", env = "JWT_PUBLIC_KEY_FILE", value_name = "JWT_PUBLIC_KEY_FILE", value_parser = PublicKey::load)]
+    pub jwt_public_key: Option<PublicKey>,
+
+    /// Required `iss` of tokens. Default: not checked.
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of tokens. Default: not checked.
+    #[arg(
+        long = "jwt-audience",
+        env = "JWT_AUDIENCE",
+        value_name = "JWT_AUDIENCE"
+    )]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway",
+        env = "JWT_LEEWAY_SECONDS",
+        value_name = "JWT_LEEWAY_SECONDS",
+        default_value = "5"
+    )]
+    pub jwt_leeway_seconds: u64,
+
+    /// Browser origins allowed, comma-separated (`https://app.example.com`), or `*` for any.
+    /// Pages served from the gateway's own host are always allowed. Default: any origin when
+    /// authentication is off, none but the gateway's own host when it is on.
+    #[arg(
+        long = "cors-allowed-origins",
+        env = "CORS_ALLOWED_ORIGINS",
+        value_name = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl AuthArgs {
+    pub fn enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
+    }
+
+    pub fn allowed_origins(&self) -> AllowedOrigins {
+        let listed: Vec<String> = self
+            .cors_allowed_origins
+            .iter()
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if listed.iter().any(|o| o == "*") || (listed.is_empty() && !self.enabled()) {
+            AllowedOrigins::Any
+        } else {
+            AllowedOrigins::List(listed)
+        }
+    }
+}
+
+/// Limits on what one client may do.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Events a socket may send per second, on average (token bucket); past it, events are
+    /// refused (`{ok:false, error:"rate limited"}` in the ack) and counted.
+    #[arg(long = "event-rate", env = "EVENT_RATE_PER_SECOND", value_name = "EVENT_RATE_PER_SECOND", default_value = "50", value_parser = parse_rate)]
+    pub event_rate: f64,
+
+    /// Events a socket may send in a burst above EVENT_RATE_PER_SECOND.
+    #[arg(long = "event-burst", env = "EVENT_BURST", value_name = "EVENT_BURST", default_value = "100", value_parser = parse_positive)]
+    pub event_burst: usize,
+
+    /// Connection attempts (Engine.IO handshakes) per second from one client address; past it
+    /// the handshake gets HTTP 429.
+    #[arg(long = "connect-rate-per-ip", env = "CONNECT_RATE_PER_IP", value_name = "CONNECT_RATE_PER_IP", default_value = "20", value_parser = parse_rate)]
+    pub connect_rate_per_ip: f64,
+
+    /// Connection attempts one address may make in a burst above CONNECT_RATE_PER_IP.
+    #[arg(long = "connect-burst-per-ip", env = "CONNECT_BURST_PER_IP", value_name = "CONNECT_BURST_PER_IP", default_value = "100", value_parser = parse_positive)]
+    pub connect_burst_per_ip: usize,
+
+    /// Take the client address from the last `X-Forwarded-For` hop (set this behind an
+    /// ingress that appends it; otherwise every client would share the ingress's address).
+    #[arg(long = "trust-x-forwarded-for", env = "TRUST_X_FORWARDED_FOR", value_name = "TRUST_X_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_x_forwarded_for: bool,
+}
+
+impl LimitArgs {
+    pub fn event_rate(&self) -> Rate {
+        Rate {
+            per_second: self.event_rate,
+            burst: self.event_burst as f64,
+        }
+    }
+
+    pub fn connect_rate(&self) -> Rate {
+        Rate {
+            per_second: self.connect_rate_per_ip,
+            burst: self.connect_burst_per_ip as f64,
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
 }
 
 /// Which Engine.IO transports are enabled.
@@ -196,6 +329,36 @@ mod tests {
         );
         assert_eq!(c.namespaces, vec!["/".to_owned()]);
         assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert!(!c.auth.enabled());
+        assert_eq!(c.auth.allowed_origins(), AllowedOrigins::Any);
+    }
+
+    #[test]
+    fn auth_on_restricts_origins_unless_listed() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c = GatewayConfig::try_parse_from(["gw", "--jwt-secret", secret]).expect("parses");
+        assert!(c.auth.enabled());
+        assert_eq!(c.auth.allowed_origins(), AllowedOrigins::List(Vec::new()));
+        let c = GatewayConfig::try_parse_from([
+            "gw",
+            "--jwt-secret",
+            secret,
+            "--cors-allowed-origins",
+            "https://a.example,https://b.example",
+        ])
+        .expect("parses");
+        assert_eq!(
+            c.auth.allowed_origins(),
+            AllowedOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])
+        );
+        let both = GatewayConfig::try_parse_from([
+            "gw",
+            "--jwt-secret",
+            secret,
+            "--jwt-public-key-file",
+            "Cargo.toml",
+        ]);
+        assert!(both.is_err(), "one key source at a time");
     }
 
     #[test]
@@ -211,6 +374,16 @@ mod tests {
             (&["gw", "--listen-addr", "nowhere"][..], "LISTEN_ADDR"),
             (&["gw", "--gateway-id", ""][..], "GATEWAY_ID"),
             (&["gw", "--gateway-id", "a{b}"][..], "GATEWAY_ID"),
+            (&["gw", "--jwt-secret", "short"][..], "JWT_SECRET"),
+            (
+                &["gw", "--jwt-public-key-file", "/nonexistent.pem"][..],
+                "JWT_PUBLIC_KEY_FILE",
+            ),
+            (&["gw", "--event-rate", "fast"][..], "EVENT_RATE_PER_SECOND"),
+            (
+                &["gw", "--connect-burst-per-ip", "0"][..],
+                "CONNECT_BURST_PER_IP",
+            ),
         ] {
             let err = GatewayConfig::try_parse_from(args).expect_err("refused");
             assert!(err.to_string().contains(name), "{args:?}: {err}");

@@ -9,9 +9,13 @@ use serde_json::{Value, json};
 use roomcast_shared::wire::ControlMessage;
 
 use crate::{
-    recovery::{Sessions, recovery_request},
+    auth::{AuthError, Authenticator, Identity, USER_ROOM_PREFIX, presented_token, user_room},
+    eio::{Handshake, Refusal},
+    limits::{PerAddress, Rate},
+    recovery::{RestoreError, Sessions, recovery_request},
     rooms::{Departure, LocalRooms},
     sio::{Accepted, ConnectRequest, Event, HandlerFuture, SioApp, SioSocket, random_id},
+    stats::GatewayStats,
     takeover::Takeovers,
 };
 
@@ -25,6 +29,21 @@ pub(crate) struct Gateway {
     pub(crate) sessions: Option<Sessions>,
     /// Asking other gateways for sockets they still hold (with recovery on).
     pub(crate) takeovers: Option<Arc<Takeovers>>,
+    /// Token verification; `None` when authentication is off.
+    pub(crate) auth: Option<Authenticator>,
+    /// Whether a recovering client whose token expired while away still recovers.
+    pub(crate) skip_middlewares_on_recovery: bool,
+    pub(crate) event_rate: Rate,
+    pub(crate) connect_limit: PerAddress,
+    pub(crate) stats: Arc<GatewayStats>,
+}
+
+/// A client's identity as its CONNECT establishes it.
+struct Authenticated {
+    identity: Option<Arc<Identity>>,
+    /// The token was valid but expired: good enough to recover the same user's session
+    /// (RECOVERY_SKIP_MIDDLEWARES), not for a fresh one.
+    expired: bool,
 }
 
 fn refusal(error: impl std::fmt::Display) -> Value {
@@ -45,9 +64,18 @@ impl Gateway {
             },
             _ => return reply(socket, ack, refusal("room must be a non-empty string")),
         };
+        if let Some(identity) = socket.identity()
+            && (room.starts_with(USER_ROOM_PREFIX) || !identity.rooms.allows(&room))
+        {
+            // User rooms are assigned by the gateway only: joining one would read another
+            // user's events.
+            self.stats.joins_forbidden.inc();
+            return reply(socket, ack, refusal("forbidden"));
+        }
         let channel = self.room_channel(socket, &room);
         let generation = if socket.add_room(&room) {
             if socket.room_count() > self.max_rooms_per_socket {
+                self.stats.joins_over_limit.inc();
                 socket.remove_room(&room);
                 return reply(
                     socket,
@@ -107,6 +135,12 @@ impl Gateway {
                 );
             }
         };
+        if let Some(identity) = socket.identity()
+            && *room == user_room(&identity.user)
+        {
+            // Backends reach a user through this room; the client cannot opt out of it.
+            return reply(socket, event.ack, refusal("forbidden"));
+        }
         if socket.remove_room(room) {
             self.rooms.remove(&self.room_channel(socket, room), socket);
         }
@@ -118,7 +152,13 @@ impl Gateway {
         reply(
             socket,
             event.ack,
-            json!([{ "gateway": &*self.gateway_id, "sid": &**socket.id(), "nsp": &**socket.nsp(), "rooms": rooms }]),
+            json!([{
+                "gateway": &*self.gateway_id,
+                "sid": &**socket.id(),
+                "nsp": &**socket.nsp(),
+                "rooms": rooms,
+                "user": socket.identity().map(|i| &*i.user),
+            }]),
         )
     }
 
@@ -129,18 +169,23 @@ impl Gateway {
         &self,
         sessions: &Sessions,
         request: &ConnectRequest,
+        user: Option<&str>,
     ) -> Result<Option<Accepted>, String> {
         let Some((pid, offset)) = recovery_request(&request.auth) else {
             return Ok(None);
         };
-        let mut restored = sessions.restore(request, &pid, offset).await;
+        let mut restored = sessions.restore(request, &pid, offset, user).await;
         // No session stored: the old connection may still be open somewhere (its client's
         // network vanished without a close). Ask its gateway to give it up, then try again.
         if matches!(restored, Ok(None))
             && let Some(takeovers) = &self.takeovers
             && takeovers.request(&pid).await
         {
-            restored = sessions.restore(request, &pid, offset).await;
+            restored = sessions.restore(request, &pid, offset, user).await;
+        }
+        if matches!(restored, Err(RestoreError::WrongUser)) {
+            tracing::warn!("a client presented another user's session id; not recovered");
+            self.stats.recoveries_wrong_user.inc();
         }
         let counter = if matches!(restored, Ok(Some(_))) {
             &sessions.stats.recoveries
@@ -170,6 +215,38 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Verifies the client's token (when authentication is on); `Err` is the `connect_error`.
+    fn authenticate(&self, request: &ConnectRequest) -> Result<Authenticated, String> {
+        let Some(auth) = &self.auth else {
+            return Ok(Authenticated {
+                identity: None,
+                expired: false,
+            });
+        };
+        let token = presented_token(&request.auth, request.handshake().authorization.as_deref());
+        let verified = match auth.verify(token, false) {
+            Ok(identity) => Ok((identity, false)),
+            Err(AuthError::Expired)
+                if self.skip_middlewares_on_recovery
+                    && recovery_request(&request.auth).is_some() =>
+            {
+                auth.verify(token, true).map(|identity| (identity, true))
+            }
+            Err(error) => Err(error),
+        };
+        match verified {
+            Ok((identity, expired)) => Ok(Authenticated {
+                identity: Some(Arc::new(identity)),
+                expired,
+            }),
+            Err(error) => {
+                self.stats.refused_unauthorized.inc();
+                tracing::info!(%error, "connect refused");
+                Err(error.message())
+            }
+        }
+    }
+
     fn register(&self, accepted: &Accepted) {
         if let (Some(takeovers), Some(pid)) = (&self.takeovers, &accepted.pid) {
             takeovers.register(pid.clone(), &accepted.socket);
@@ -233,22 +310,56 @@ fn reply(socket: &SioSocket, ack: Option<u64>, args: Value) -> Option<HandlerFut
 }
 
 impl SioApp for Gateway {
-    async fn connect(&self, request: ConnectRequest) -> Result<Accepted, String> {
-        if let Some(sessions) = &self.sessions
-            && let Some(accepted) = self.recover(sessions, &request).await?
+    fn admit(&self, handshake: &Handshake) -> Result<(), Refusal> {
+        if let Some(ip) = handshake.client_ip
+            && !self.connect_limit.allow(ip)
         {
+            self.stats.refused_rate_limited.inc();
+            return Err(Refusal {
+                status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                message: "Too many connection attempts",
+            });
+        }
+        Ok(())
+    }
+
+    async fn connect(&self, request: ConnectRequest) -> Result<Accepted, String> {
+        let Authenticated { identity, expired } = self.authenticate(&request)?;
+        let user = identity.as_ref().map(|i| &*i.user);
+        if let Some(sessions) = &self.sessions
+            && let Some(accepted) = self.recover(sessions, &request, user).await?
+        {
+            if let Some(identity) = &identity {
+                accepted.socket.set_identity(identity.clone());
+            }
             self.register(&accepted);
             return Ok(accepted);
         }
+        if expired {
+            self.stats.refused_unauthorized.inc();
+            return Err(AuthError::Expired.message());
+        }
         let socket = request.socket(None);
-        let channel = self.keys.namespace(socket.nsp()).into_channel();
-        let generation = self.rooms.add(&channel, &socket, None);
+        let mut topics = vec![self.keys.namespace(socket.nsp()).into_channel()];
+        if let Some(identity) = identity {
+            let room: Arc<str> = user_room(&identity.user).into();
+            socket.add_room(&room);
+            topics.push(self.room_channel(&socket, &room));
+            socket.set_identity(identity);
+        }
+        let mut generation = 0;
+        for channel in &topics {
+            generation = generation.max(self.rooms.add(channel, &socket, None));
+        }
         // Like a join: the client may publish-and-expect right after `connect`.
         if tokio::time::timeout(self.request_timeout, self.rooms.wait_applied(generation))
             .await
             .is_err()
         {
-            self.rooms.remove(&channel, &socket);
+            for channel in &topics {
+                self.rooms.remove(channel, &socket);
+            }
+            socket.take_rooms();
             return Err("unavailable: gateway cannot reach Redis".into());
         }
         let accepted = Accepted {
@@ -260,6 +371,10 @@ impl SioApp for Gateway {
     }
 
     fn event(&self, socket: &Arc<SioSocket>, event: Event) -> Option<HandlerFuture> {
+        if !socket.take_event_token(self.event_rate) {
+            self.stats.events_rate_limited.inc();
+            return reply(socket, event.ack, refusal("rate limited"));
+        }
         match event.name.as_str() {
             "join" => self.join(socket, event),
             "leave" => self.leave(socket, event),

@@ -1,11 +1,13 @@
 //! Roomcast gateway: holds Socket.IO client connections, keeps their room memberships in Redis
 //! and delivers the envelopes the fanout publishes on room channels.
 
+mod auth;
 mod config;
 mod delivery;
 pub mod eio;
 mod handlers;
 mod history;
+mod limits;
 mod membership;
 mod recovery;
 mod replay;
@@ -22,7 +24,9 @@ use roomcast_shared::{health::Readiness, redis_conn::Backoff, wire::KeySpace};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use config::{GatewayConfig, Transports};
+pub use auth::{PublicKey, Secret};
+pub use config::{AuthArgs, GatewayConfig, LimitArgs, Transports};
+pub use limits::Rate;
 
 use crate::{
     eio::{Engine, EngineConfig},
@@ -120,6 +124,17 @@ pub async fn run(
         max_rooms_per_socket: config.max_rooms_per_socket,
         sessions,
         takeovers,
+        auth: auth::Authenticator::new(auth::AuthSettings {
+            secret: config.auth.jwt_secret.as_ref(),
+            public_key: config.auth.jwt_public_key.as_ref(),
+            issuer: config.auth.jwt_issuer.as_deref(),
+            audience: config.auth.jwt_audience.as_deref(),
+            leeway_seconds: config.auth.jwt_leeway_seconds,
+        }),
+        skip_middlewares_on_recovery: config.recovery_skip_middlewares,
+        event_rate: config.limits.event_rate(),
+        connect_limit: limits::PerAddress::new(config.limits.connect_rate()),
+        stats: stats.clone(),
     });
     {
         // Requests from other gateways; each handled on its own task so a slow session write
@@ -154,14 +169,17 @@ pub async fn run(
 
     let serve_stop = shutdown.clone();
     let ready_on_stop = readiness.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            serve_stop.cancelled().await;
-            // Turn not-ready first so the load balancer stops sending new clients.
-            ready_on_stop.set(READY_SUBSCRIPTIONS, false);
-        })
-        .await
-        .context("HTTP server failed")?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        serve_stop.cancelled().await;
+        // Turn not-ready first so the load balancer stops sending new clients.
+        ready_on_stop.set(READY_SUBSCRIPTIONS, false);
+    })
+    .await
+    .context("HTTP server failed")?;
 
     connections.close();
     // Closing the connections saves their recovery sessions; both must finish before we go.
@@ -231,6 +249,8 @@ fn engine_config(config: &GatewayConfig) -> EngineConfig {
         max_buffered_packets: config.max_buffered_packets,
         websocket: config.transports.websocket,
         polling: config.transports.polling,
+        allowed_origins: config.auth.allowed_origins(),
+        trust_forwarded_for: config.limits.trust_x_forwarded_for,
         ..EngineConfig::new("/socket.io")
     }
 }

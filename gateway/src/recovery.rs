@@ -45,6 +45,8 @@ pub(crate) enum RestoreError {
     Overflow,
     #[error("the client went away or stopped reading during the replay")]
     ClientGone,
+    #[error("the session belongs to another user")]
+    WrongUser,
 }
 
 impl RestoreError {
@@ -110,6 +112,7 @@ impl Sessions {
             nsp: socket.nsp().to_string(),
             topics,
             disconnected_at_ms: unix_ms(),
+            user: socket.identity().map(|i| i.user.to_string()),
         };
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         let mut pipe = redis::pipe();
@@ -150,11 +153,14 @@ impl Sessions {
     /// Restores the session `pid` into a new socket on this gateway: same id, same rooms, the
     /// missed messages written before the CONNECT reply. `Ok(None)` when there is no such
     /// session (expired, unknown, or another namespace).
+    /// Restores the session `pid` for `user` (the authenticated `sub`, `None` without
+    /// authentication): a session of another user is not restored, and stays for its owner.
     pub(crate) async fn restore(
         &self,
         request: &ConnectRequest,
         pid: &str,
         offset: Option<StreamId>,
+        user: Option<&str>,
     ) -> Result<Option<Accepted>, RestoreError> {
         let mut commands = self.commands.clone();
         // GETDEL: a session is restored at most once, so a replayed pid cannot take it over.
@@ -168,6 +174,10 @@ impl Sessions {
         let record = SessionRecord::decode(&stored)?;
         if *record.nsp != *request.nsp {
             return Ok(None);
+        }
+        if record.user.as_deref() != user {
+            self.put_back(pid, &stored, &record).await;
+            return Err(RestoreError::WrongUser);
         }
         let socket = request.socket(Some(record.sid.as_str().into()));
         let buffer = ReplayBuffer::new();
@@ -202,26 +212,32 @@ impl Sessions {
                     // The session is still good: put it back for the rest of its window and drop
                     // the connection, so the client reconnects and tries again instead of
                     // continuing with a fresh session (and half a replay).
-                    let elapsed = unix_ms().saturating_sub(record.disconnected_at_ms);
-                    let left = u64::try_from(self.window.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .saturating_sub(elapsed);
-                    if left > 0 {
-                        let put_back = redis::cmd("SET")
-                            .arg(self.keys.session(pid))
-                            .arg(&stored)
-                            .arg("PX")
-                            .arg(left)
-                            .query_async::<()>(&mut commands)
-                            .await;
-                        if let Err(error) = put_back {
-                            tracing::warn!(%error, "could not put a session back after a failed recovery");
-                        }
-                    }
+                    self.put_back(pid, &stored, &record).await;
                     socket.close_connection();
                 }
                 Err(error)
             }
+        }
+    }
+
+    /// Stores a taken session again for the rest of its window.
+    async fn put_back(&self, pid: &str, stored: &[u8], record: &SessionRecord) {
+        let elapsed = unix_ms().saturating_sub(record.disconnected_at_ms);
+        let left = u64::try_from(self.window.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_sub(elapsed);
+        if left == 0 {
+            return;
+        }
+        let put_back = redis::cmd("SET")
+            .arg(self.keys.session(pid))
+            .arg(stored)
+            .arg("PX")
+            .arg(left)
+            .query_async::<()>(&mut self.commands.clone())
+            .await;
+        if let Err(error) = put_back {
+            tracing::warn!(%error, "could not put a session back after a failed recovery");
         }
     }
 

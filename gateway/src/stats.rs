@@ -20,13 +20,25 @@ pub(crate) struct GatewayStats {
     pub(crate) subscription_reconnects: Counter,
     /// Liveness probes of the subscription connection that went unanswered.
     pub(crate) probe_failures: Counter,
+    /// Handshakes refused: too many attempts from one address.
+    pub(crate) refused_rate_limited: Counter,
+    /// Namespace connects refused: no valid token.
+    pub(crate) refused_unauthorized: Counter,
+    /// Joins refused by the token's `rooms` claim (or of another user's room).
+    pub(crate) joins_forbidden: Counter,
+    /// Joins refused for MAX_ROOMS_PER_SOCKET.
+    pub(crate) joins_over_limit: Counter,
+    /// Events refused for EVENT_RATE_PER_SECOND.
+    pub(crate) events_rate_limited: Counter,
+    /// Recoveries refused because the token belongs to another user than the session.
+    pub(crate) recoveries_wrong_user: Counter,
 }
 
 impl GatewayStats {
     /// One line for the shutdown log.
     pub(crate) fn summary(&self) -> String {
         format!(
-            "recoveries={} recoveries_failed={} replayed_events={} gaps_repaired={} gap_messages={} gaps_unrepaired={} subscription_reconnects={} probe_failures={}",
+            "recoveries={} recoveries_failed={} replayed_events={} gaps_repaired={} gap_messages={} gaps_unrepaired={} subscription_reconnects={} probe_failures={} refused_rate_limited={} refused_unauthorized={} joins_forbidden={} joins_over_limit={} events_rate_limited={} recoveries_wrong_user={}",
             self.recoveries.get(),
             self.recoveries_failed.get(),
             self.replayed_events.get(),
@@ -35,6 +47,12 @@ impl GatewayStats {
             self.gaps_unrepaired.get(),
             self.subscription_reconnects.get(),
             self.probe_failures.get(),
+            self.refused_rate_limited.get(),
+            self.refused_unauthorized.get(),
+            self.joins_forbidden.get(),
+            self.joins_over_limit.get(),
+            self.events_rate_limited.get(),
+            self.recoveries_wrong_user.get(),
         )
     }
 }

@@ -19,9 +19,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
+    cors::{self, AllowedOrigins},
     packet::{Inbound, Outbound, PacketError, Str},
     polling,
-    socket::{DisconnectReason, EngineSocket, Transport},
+    socket::{DisconnectReason, EngineSocket, Handshake, Transport},
     ws,
 };
 
@@ -31,12 +32,37 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// The application's per-session data.
     type Data: Default + Send + Sync + 'static;
 
+    /// Decides whether a new session may open (e.g. a per-address rate limit); called before
+    /// anything is allocated for it.
+    fn admit(&self, _handshake: &Handshake) -> Result<(), Refusal> {
+        Ok(())
+    }
+
     /// A session opened; called before any of its messages.
     fn on_connect(&self, socket: &Arc<EngineSocket<Self::Data>>);
     fn on_message(&self, socket: &Arc<EngineSocket<Self::Data>>, message: Str);
     fn on_binary(&self, socket: &Arc<EngineSocket<Self::Data>>, data: Bytes);
     /// The session ended; called once, after its last message.
     fn on_disconnect(&self, socket: &Arc<EngineSocket<Self::Data>>, reason: DisconnectReason);
+}
+
+/// Why a handshake was refused, as the HTTP answer says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = format!("{{\"code\":4,\"message\":\"{}\"}}", self.message);
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
 }
 
 /// Engine.IO settings.
@@ -56,6 +82,10 @@ pub struct EngineConfig {
     pub polling: bool,
     /// Read buffer of each WebSocket, in bytes; small keeps idle connections cheap.
     pub ws_read_buffer_size: usize,
+    /// Browser origins allowed.
+    pub allowed_origins: AllowedOrigins,
+    /// Take the client's address from the last `X-Forwarded-For` hop (set by a trusted proxy).
+    pub trust_forwarded_for: bool,
 }
 
 impl EngineConfig {
@@ -71,6 +101,8 @@ impl EngineConfig {
             websocket: true,
             polling: true,
             ws_read_buffer_size: 4096,
+            allowed_origins: AllowedOrigins::Any,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -168,6 +200,28 @@ impl<'a> Query<'a> {
 }
 
 async fn handle<H: EngineHandler>(State(engine): State<Arc<Shared<H>>>, req: Request) -> Response {
+    let Ok(origin) = engine.config.allowed_origins.check(req.headers()) else {
+        return Refusal {
+            status: StatusCode::FORBIDDEN,
+            message: "Origin not allowed",
+        }
+        .into_response();
+    };
+    let preflight = (req.method() == Method::OPTIONS).then(|| req.headers().clone());
+    let mut response = match &preflight {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => dispatch(engine, req).await,
+    };
+    if let Some(origin) = origin {
+        cors::allow(response.headers_mut(), origin);
+        if let Some(request) = &preflight {
+            cors::preflight(response.headers_mut(), request);
+        }
+    }
+    response
+}
+
+async fn dispatch<H: EngineHandler>(engine: Arc<Shared<H>>, req: Request) -> Response {
     let uri = req.uri().clone();
     let query = Query::parse(uri.query().unwrap_or(""));
     if query.eio != Some("4") {
@@ -179,7 +233,10 @@ async fn handle<H: EngineHandler>(State(engine): State<Arc<Shared<H>>>, req: Req
         _ => return HttpError::UnknownTransport.into_response(),
     };
     match (transport, query.sid) {
-        (Transport::Polling, None) if req.method() == Method::GET => polling::handshake(&engine),
+        (Transport::Polling, None) if req.method() == Method::GET => match engine.admit(&req) {
+            Ok(handshake) => polling::handshake(&engine, handshake),
+            Err(refusal) => refusal.into_response(),
+        },
         (Transport::Polling, None) => HttpError::BadHandshakeMethod.into_response(),
         (Transport::Polling, Some(sid)) => {
             let Some(socket) = engine.session(sid) else {
@@ -219,11 +276,26 @@ impl<H: EngineHandler> Shared<H> {
         }
     }
 
+    /// What the application learns of a handshake request, once it has admitted it.
+    pub(super) fn admit(&self, req: &Request) -> Result<Handshake, Refusal> {
+        let handshake = Handshake {
+            client_ip: client_ip(req, self.config.trust_forwarded_for),
+            authorization: req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(Into::into),
+        };
+        self.handler.admit(&handshake)?;
+        Ok(handshake)
+    }
+
     /// Opens a session: registers it, starts its heartbeat and tells the application.
-    pub(super) fn open(self: &Arc<Self>, transport: Transport) -> Socket<H> {
+    pub(super) fn open(self: &Arc<Self>, handshake: Handshake, transport: Transport) -> Socket<H> {
         let socket = Arc::new(EngineSocket::new(
             random_sid(),
             H::Data::default(),
+            handshake,
             transport,
             self.config.max_buffered_packets,
         ));
@@ -304,6 +376,27 @@ async fn heartbeat<D>(socket: &EngineSocket<D>, interval: Duration, timeout: Dur
             }
         }
     }
+}
+
+/// The client's address: the last `X-Forwarded-For` hop if trusted (the one our own proxy
+/// added; earlier hops are whatever the client claimed), else the TCP peer.
+fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<std::net::IpAddr> {
+    if trust_forwarded_for {
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|hop| hop.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 /// A session id: 20 URL-safe characters from 120 random bits, like Node's.

@@ -5,12 +5,14 @@
 //! per-connection buffer and of how a broadcast is queued: a [`Message`] is encoded once and
 //! shared by every recipient. See docs/architecture.md.
 
+mod cors;
 mod engine;
 mod packet;
 mod polling;
 mod socket;
 mod ws;
 
-pub use engine::{Engine, EngineConfig, EngineHandler};
+pub use cors::AllowedOrigins;
+pub use engine::{Engine, EngineConfig, EngineHandler, Refusal};
 pub use packet::{Message, PacketError, Str};
-pub use socket::{DisconnectReason, EmitError, EngineSocket, Transport};
+pub use socket::{DisconnectReason, EmitError, EngineSocket, Handshake, Transport};

@@ -10,14 +10,17 @@ use bytes::Bytes;
 use super::{
     engine::{EngineHandler, HttpError, Shared, Socket, text_response},
     packet::{Inbound, encode_payload},
-    socket::{DisconnectReason, EngineSocket, Transport},
+    socket::{DisconnectReason, EngineSocket, Handshake, Transport},
 };
 
 const TEXT: &str = "text/plain; charset=UTF-8";
 
 /// Opens a polling session; the body is its open packet.
-pub(super) fn handshake<H: EngineHandler>(engine: &std::sync::Arc<Shared<H>>) -> Response {
-    let socket = engine.open(Transport::Polling);
+pub(super) fn handshake<H: EngineHandler>(
+    engine: &std::sync::Arc<Shared<H>>,
+    handshake: Handshake,
+) -> Response {
+    let socket = engine.open(handshake, Transport::Polling);
     text_response(engine.open_packet(&socket.id, Transport::Polling), TEXT)
 }
 

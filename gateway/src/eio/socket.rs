@@ -22,6 +22,16 @@ pub enum Transport {
     Websocket,
 }
 
+/// What the application may want to know of the request that opened a session.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    /// The client's address: the peer's, or the last `X-Forwarded-For` hop when the server is
+    /// told to trust it (behind an ingress). `None` when unknown.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<Box<str>>,
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {
@@ -92,6 +102,7 @@ struct Queue {
 pub struct EngineSocket<D> {
     pub id: Arc<str>,
     pub data: D,
+    pub handshake: Handshake,
     transport: AtomicU8,
     queue: Mutex<Queue>,
     capacity: usize,
@@ -106,10 +117,17 @@ pub struct EngineSocket<D> {
 }
 
 impl<D> EngineSocket<D> {
-    pub(super) fn new(id: Arc<str>, data: D, transport: Transport, capacity: usize) -> Self {
+    pub(super) fn new(
+        id: Arc<str>,
+        data: D,
+        handshake: Handshake,
+        transport: Transport,
+        capacity: usize,
+    ) -> Self {
         Self {
             id,
             data,
+            handshake,
             transport: AtomicU8::new(transport as u8),
             queue: Mutex::default(),
             capacity,
@@ -123,8 +141,8 @@ impl<D> EngineSocket<D> {
 
     /// A session with no transport, for tests of the layers above: packets stay queued until
     /// taken with [`EngineSocket::take_messages`].
-    pub fn detached(id: Arc<str>, data: D, capacity: usize) -> Self {
-        Self::new(id, data, Transport::Websocket, capacity)
+    pub fn detached(id: Arc<str>, data: D, handshake: Handshake, capacity: usize) -> Self {
+        Self::new(id, data, handshake, Transport::Websocket, capacity)
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -337,7 +355,7 @@ mod tests {
     use super::*;
 
     fn socket(capacity: usize) -> EngineSocket<()> {
-        EngineSocket::detached("s".into(), (), capacity)
+        EngineSocket::detached("s".into(), (), Handshake::default(), capacity)
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio_tungstenite::{
 use super::{
     engine::{EngineHandler, HttpError, Shared, Socket},
     packet::{Inbound, Outbound},
-    socket::{DisconnectReason, Transport},
+    socket::{DisconnectReason, Handshake, Transport},
 };
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -46,7 +46,10 @@ pub(super) fn upgrade<H: EngineHandler>(
         return HttpError::BadRequest.into_response();
     };
     let existing = match sid {
-        None => Target::New,
+        None => match engine.admit(&req) {
+            Ok(handshake) => Target::New(handshake),
+            Err(refusal) => return refusal.into_response(),
+        },
         Some(sid) => match engine.session(sid) {
             None => return HttpError::UnknownSid.into_response(),
             Some(socket) if socket.is_closed() => return HttpError::BadRequest.into_response(),
@@ -78,7 +81,7 @@ pub(super) fn upgrade<H: EngineHandler>(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         match existing {
-            Target::New => open(engine, ws).await,
+            Target::New(handshake) => open(engine, handshake, ws).await,
             Target::Upgrade(socket) => upgrade_session(engine, socket, ws).await,
             Target::Refused => {
                 let mut ws = ws;
@@ -99,7 +102,7 @@ pub(super) fn upgrade<H: EngineHandler>(
 
 /// What an accepted WebSocket is for.
 enum Target<S> {
-    New,
+    New(Handshake),
     Upgrade(S),
     Refused,
 }
@@ -123,8 +126,8 @@ fn accept_key(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// A session that starts on WebSocket: the open packet, then the session.
-async fn open<H: EngineHandler>(engine: Arc<Shared<H>>, mut ws: Ws) {
-    let socket = engine.open(Transport::Websocket);
+async fn open<H: EngineHandler>(engine: Arc<Shared<H>>, handshake: Handshake, mut ws: Ws) {
+    let socket = engine.open(handshake, Transport::Websocket);
     let packet = engine.open_packet(&socket.id, Transport::Websocket);
     if ws.send(Frame::Text(packet.into())).await.is_err() {
         socket.close(DisconnectReason::TransportError);

@@ -24,7 +24,7 @@ use super::{
     packet::{self, Packet, PacketError, PacketType},
     socket::{ConnData, EngineSocket, Inbound, SioSocket, random_id},
 };
-use crate::eio::{DisconnectReason, EngineHandler, Message, Str};
+use crate::eio::{DisconnectReason, EngineHandler, Handshake, Message, Refusal, Str};
 
 /// Packets a connection may have queued before its task reads them; a client that outruns
 /// this is flooding and is disconnected.
@@ -48,6 +48,11 @@ pub struct Event {
 
 /// What the application does with sockets. The protocol layer calls it in packet order.
 pub trait SioApp: Send + Sync + 'static {
+    /// Decides whether a new connection may open at all (before any namespace CONNECT).
+    fn admit(&self, _handshake: &Handshake) -> Result<(), Refusal> {
+        Ok(())
+    }
+
     /// Admits a socket to its namespace (creating it with [`ConnectRequest::socket`]), or refuses
     /// it with the message the client's `connect_error` shows. Whatever it emits on the socket
     /// reaches the client before the CONNECT reply (recovery replays missed events this way).
@@ -73,6 +78,11 @@ pub struct ConnectRequest {
 }
 
 impl ConnectRequest {
+    /// The HTTP request that opened the connection.
+    pub fn handshake(&self) -> &Handshake {
+        &self.engine.handshake
+    }
+
     /// Creates the socket: with `id` to give a recovered socket its old id back, or a fresh one.
     pub fn socket(&self, id: Option<Arc<str>>) -> Arc<SioSocket> {
         Arc::new(SioSocket::new(
@@ -147,6 +157,10 @@ impl<A: SioApp> SioServer<A> {
 
 impl<A: SioApp> EngineHandler for SioServer<A> {
     type Data = ConnData;
+
+    fn admit(&self, handshake: &Handshake) -> Result<(), Refusal> {
+        self.app.admit(handshake)
+    }
 
     fn on_connect(&self, engine: &Arc<EngineSocket>) {
         let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;

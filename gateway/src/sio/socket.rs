@@ -7,7 +7,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::packet;
-use crate::eio::{self, DisconnectReason, Message, Str};
+use crate::{
+    auth::Identity,
+    eio::{self, DisconnectReason, Message, Str},
+    limits::{Rate, TokenBucket},
+};
 
 /// Per-Engine.IO-connection data: the inbox of the task that owns the connection (see
 /// `server`).
@@ -44,6 +48,10 @@ pub struct SioSocket {
     rooms: Mutex<Vec<Arc<str>>>,
     /// The private session id given in the CONNECT reply (connection state recovery).
     pid: OnceLock<Arc<str>>,
+    /// Who the client is, when authentication is on.
+    identity: OnceLock<Arc<Identity>>,
+    /// Inbound event rate limit.
+    events: Mutex<Option<TokenBucket>>,
 }
 
 impl SioSocket {
@@ -54,7 +62,29 @@ impl SioSocket {
             engine,
             rooms: Mutex::new(Vec::new()),
             pid: OnceLock::new(),
+            identity: OnceLock::new(),
+            events: Mutex::new(None),
         }
+    }
+
+    /// The authenticated identity, if authentication is on.
+    pub(crate) fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.get()
+    }
+
+    pub(crate) fn set_identity(&self, identity: Arc<Identity>) {
+        let _ = self.identity.set(identity);
+    }
+
+    /// Takes a token from the socket's event bucket; false when it is over `rate`.
+    pub(crate) fn take_event_token(&self, rate: Rate) -> bool {
+        let mut bucket = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        bucket
+            .get_or_insert_with(|| TokenBucket::full(rate))
+            .take(rate, tokio::time::Instant::now())
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -242,7 +272,12 @@ pub(crate) mod testing {
     }
 
     pub(crate) fn socket(nsp: &str) -> Recorded {
-        let engine = Arc::new(EngineSocket::detached(random_id(), ConnData::default(), 64));
+        let engine = Arc::new(EngineSocket::detached(
+            random_id(),
+            ConnData::default(),
+            eio::Handshake::default(),
+            64,
+        ));
         Recorded {
             socket: Arc::new(SioSocket::new(random_id(), nsp.into(), engine.clone())),
             engine,

@@ -76,6 +76,10 @@ pub struct SessionRecord {
     pub topics: Vec<TopicPosition>,
     /// When the gateway noticed the disconnection (unix ms).
     pub disconnected_at_ms: u64,
+    /// The authenticated user (`sub`) the session belongs to; `None` without authentication.
+    /// Added after the first release of v1: absent in older records, which then have no user.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,19 +130,30 @@ mod tests {
                 late: vec![],
             }],
             disconnected_at_ms: 9,
+            user: Some("u".into()),
         };
         let bytes = record.encode().expect("encodes");
         let expected: &[u8] = &[
-            0x95, 0x01, 0xa1, b's', 0xa1, b'/', // [1, "s", "/",
+            0x96, 0x01, 0xa1, b's', 0xa1, b'/', // [1, "s", "/",
             0x91, 0x95, 0xa1, b'r', // [[ "r",
             0x92, 0x01, 0x92, 0x02, 0x00, // [1, [2, 0]],
             0x92, 0x03, 0x92, 0x04, 0x01, // [3, [4, 1]],
             0x91, 0x92, 0x05, 0x00, // [[5, 0]],
             0x90, // []]],
-            0x09, // 9]
+            0x09, // 9,
+            0xa1, b'u', // "u"]
         ];
         assert_eq!(bytes, expected);
         assert_eq!(SessionRecord::decode(&bytes).expect("decodes"), record);
+    }
+
+    #[test]
+    fn records_from_before_the_user_field_decode_without_a_user() {
+        // [1, "s", "/", [], 9]: what gateways wrote before `user` was appended.
+        let old: &[u8] = &[0x95, 0x01, 0xa1, b's', 0xa1, b'/', 0x90, 0x09];
+        let record = SessionRecord::decode(old).expect("decodes");
+        assert_eq!(record.user, None);
+        assert_eq!(record.disconnected_at_ms, 9);
     }
 
     #[test]
@@ -149,6 +164,7 @@ mod tests {
             nsp: "/".into(),
             topics: vec![],
             disconnected_at_ms: 0,
+            user: None,
         };
         let bytes = record.encode().expect("encodes");
         assert!(matches!(

@@ -526,7 +526,19 @@ const SETTINGS = [
   "MAX_BUFFERED_PACKETS", "HEARTBEAT_INTERVAL_MS", "GATEWAY_TTL_MS", "REQUEST_TIMEOUT_MS", "MAX_ROOMS_PER_SOCKET",
   "MAX_PUBLISH_ROOMS", "CLAIM_MIN_IDLE_MS", "FANOUT_TRIM_INTERVAL_MS",
   "RECOVERY_MAX_DISCONNECTION_MS", "RECOVERY_SKIP_MIDDLEWARES", "SUBSCRIPTION_PROBE_INTERVAL_MS", "HISTORY_MAX_LEN",
+  "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_ISSUER", "JWT_AUDIENCE", "JWT_LEEWAY_SECONDS", "CORS_ALLOWED_ORIGINS",
+  "EVENT_RATE_PER_SECOND", "EVENT_BURST", "CONNECT_RATE_PER_IP", "CONNECT_BURST_PER_IP", "TRUST_X_FORWARDED_FOR",
 ];
+/**
+ * Every test client connects from 127.0.0.1 and some tests emit in bursts: the per-address and
+ * per-socket rate limits are lifted unless a test sets them (limits.test.js does).
+ */
+const TEST_LIMITS = {
+  CONNECT_RATE_PER_IP: "100000",
+  CONNECT_BURST_PER_IP: "100000",
+  EVENT_RATE_PER_SECOND: "100000",
+  EVENT_BURST: "100000",
+};
 /** Default of RECOVERY_MAX_DISCONNECTION_MS in both binaries. */
 const DEFAULT_RECOVERY_WINDOW_MS = 120000;
 /** Default of HISTORY_MAX_LEN in both binaries. */
@@ -624,6 +636,7 @@ class Cluster {
         adminUrl: `http://127.0.0.1:${port}`,
         env: {
           ...common,
+          ...TEST_LIMITS,
           REDIS_URL: gatewayRedisUrl,
           LISTEN_ADDR: `127.0.0.1:${port}`,
           GATEWAY_ID: spec.id,
