@@ -9,6 +9,7 @@ mod handlers;
 mod history;
 mod limits;
 mod membership;
+mod metrics;
 mod recovery;
 mod replay;
 mod rooms;
@@ -164,7 +165,13 @@ pub async fn run(
         shutdown.child_token(),
         connections.clone(),
     );
+    let registry = metrics::registry(metrics::Sources {
+        stats: stats.clone(),
+        connections: sio.stats(),
+        rooms: rooms.clone(),
+    });
     let router = roomcast_shared::health::routes(readiness.clone())
+        .merge(metrics::routes(registry))
         .merge(Engine::new(Arc::new(sio), engine_config(&config)).router());
 
     let serve_stop = shutdown.clone();

@@ -53,6 +53,34 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    pub const ALL: [Self; 7] = [
+        Self::ClientClose,
+        Self::TransportClose,
+        Self::TransportError,
+        Self::HeartbeatTimeout,
+        Self::PacketParsingError,
+        Self::Overlap,
+        Self::ClosingServer,
+    ];
+
+    /// Position in [`DisconnectReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ClientClose => "client_close",
+            Self::TransportClose => "transport_close",
+            Self::TransportError => "transport_error",
+            Self::HeartbeatTimeout => "ping_timeout",
+            Self::PacketParsingError => "parse_error",
+            Self::Overlap => "request_overlap",
+            Self::ClosingServer => "server_shutdown",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ClientClose => "client close",

@@ -205,6 +205,11 @@ async fn run<H: EngineHandler>(engine: &Shared<H>, socket: &Socket<H>, mut ws: W
                         socket.close(DisconnectReason::TransportClose);
                         break;
                     }
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(error))) => {
+                        tracing::debug!(sid = %socket.id, %error, "message over MAX_PAYLOAD");
+                        socket.close(DisconnectReason::PacketParsingError);
+                        break;
+                    }
                     Some(Err(error)) => {
                         tracing::debug!(sid = %socket.id, %error, "WebSocket read failed");
                         socket.close(DisconnectReason::TransportError);

@@ -6,7 +6,9 @@ pub(crate) mod packet;
 mod server;
 mod socket;
 
-pub use server::{Accepted, ConnectRequest, Event, HandlerFuture, SioApp, SioConfig, SioServer};
+pub use server::{
+    Accepted, ConnectRequest, Event, HandlerFuture, SioApp, SioConfig, SioServer, SioStats,
+};
 #[cfg(test)]
 pub(crate) use socket::testing;
 pub use socket::{ConnData, EngineSocket, SioSocket, random_id};

@@ -24,6 +24,8 @@ use super::{
     packet::{self, Packet, PacketError, PacketType},
     socket::{ConnData, EngineSocket, Inbound, SioSocket, random_id},
 };
+use roomcast_shared::counter::Counter;
+
 use crate::eio::{DisconnectReason, EngineHandler, Handshake, Message, Refusal, Str};
 
 /// Packets a connection may have queued before its task reads them; a client that outruns
@@ -107,11 +109,23 @@ pub struct SioConfig {
     pub connect_timeout: Duration,
 }
 
+/// Connection counts, for metrics.
+#[derive(Debug, Default)]
+pub struct SioStats {
+    /// Engine.IO connections open now.
+    pub open: AtomicUsize,
+    pub opened: Counter,
+    /// Namespace connects refused for MAX_CONNECTIONS.
+    pub refused_full: Counter,
+    /// Connections closed, by [`DisconnectReason::index`].
+    pub closed: [Counter; DisconnectReason::ALL.len()],
+}
+
 /// The Engine.IO handler.
 pub struct SioServer<A> {
     app: Arc<A>,
     config: Arc<SioConfig>,
-    connections: Arc<AtomicUsize>,
+    connections: Arc<SioStats>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -153,6 +167,10 @@ impl<A: SioApp> SioServer<A> {
             tracker,
         }
     }
+
+    pub fn stats(&self) -> Arc<SioStats> {
+        self.connections.clone()
+    }
 }
 
 impl<A: SioApp> EngineHandler for SioServer<A> {
@@ -163,7 +181,8 @@ impl<A: SioApp> EngineHandler for SioServer<A> {
     }
 
     fn on_connect(&self, engine: &Arc<EngineSocket>) {
-        let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let open = self.connections.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.connections.opened.inc();
         // The connection is still accepted at the Engine.IO level so the client gets a readable
         // `connect_error` on its namespace CONNECT instead of an opaque transport failure.
         let refused = open > self.config.max_connections;
@@ -178,6 +197,7 @@ impl<A: SioApp> EngineHandler for SioServer<A> {
             config: self.config.clone(),
             engine: engine.clone(),
             refused,
+            stats: self.connections.clone(),
             sockets: HashMap::new(),
             pending_binary: None,
             handlers: FuturesUnordered::new(),
@@ -187,7 +207,8 @@ impl<A: SioApp> EngineHandler for SioServer<A> {
     }
 
     fn on_disconnect(&self, engine: &Arc<EngineSocket>, reason: DisconnectReason) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+        self.connections.open.fetch_sub(1, Ordering::Relaxed);
+        self.connections.closed[reason.index()].inc();
         tracing::debug!(eio = %engine.id, reason = reason.as_str(), "engine connection closed");
     }
 
@@ -216,6 +237,7 @@ struct Connection<A> {
     config: Arc<SioConfig>,
     engine: Arc<EngineSocket>,
     refused: bool,
+    stats: Arc<SioStats>,
     sockets: HashMap<String, Arc<SioSocket>>,
     pending_binary: Option<(Packet, Vec<Bytes>)>,
     handlers: FuturesUnordered<HandlerFuture>,
@@ -337,6 +359,7 @@ impl<A: SioApp> Connection<A> {
 
     async fn connect(&mut self, nsp: String, auth: Value) {
         if self.refused {
+            self.stats.refused_full.inc();
             let msg = format!(
                 "server full: MAX_CONNECTIONS ({}) reached",
                 self.config.max_connections

@@ -858,6 +858,22 @@ class Cluster {
     }
   }
 
+  /**
+   * A gateway's /metrics as {"name{labels}": value}, e.g.
+   * m['roomcast_gateway_joins_refused_total{reason="forbidden"}'].
+   */
+  async metrics(which) {
+    const res = await fetch(`${this.gateway(which).url}/metrics`);
+    if (res.status !== 200) throw new Error(`/metrics of ${which}: HTTP ${res.status}`);
+    const out = {};
+    for (const line of (await res.text()).split("\n")) {
+      if (!line || line.startsWith("#")) continue;
+      const i = line.lastIndexOf(" ");
+      out[line.slice(0, i)] = Number(line.slice(i + 1));
+    }
+    return out;
+  }
+
   async whoami(socket) {
     try {
       return await socket.timeout(TIMEOUT_MS).emitWithAck("whoami");

@@ -53,6 +53,8 @@ test("a missing, malformed, expired, not-yet-valid or wrongly signed token is re
   await refusedWith("gw-a", hs(claims("alice", { aud: "billing" })), "unauthorized: wrong audience");
   await refusedWith("gw-a", sign(claims("alice"), { alg: "none" }), "unauthorized: algorithm not allowed");
   await refusedWith("gw-rs", sign(claims("alice"), { alg: "ES256", key: ec.privateKey }), "unauthorized: algorithm not allowed");
+  const m = await cluster.metrics("gw-a");
+  assert.ok(m['roomcast_gateway_connections_refused_total{reason="unauthorized"}'] >= 8, "refusals counted");
 });
 
 test("HS256 signed with the RSA public key (algorithm confusion) and alg:none are refused by an RS256 gateway", async () => {
@@ -90,6 +92,8 @@ test("joins outside the token's rooms claim, and of user rooms, are refused with
 
   const noRooms = await cluster.connect("gw-a", { auth: { token: hs(claims("erin", { rooms: undefined })) } });
   assert.deepEqual(await cluster.roomRequest(noRooms, "join", "lobby"), { ok: false, error: "forbidden" }, "no rooms claim: no rooms");
+  const m = await cluster.metrics("gw-a");
+  assert.ok(m['roomcast_gateway_joins_refused_total{reason="forbidden"}'] >= 6, "forbidden joins counted");
 });
 
 test("an event for user:<sub> reaches exactly that user's sockets, on every gateway", async () => {
@@ -121,6 +125,8 @@ test("recovery keeps the session's user: another user's token with its pid gets 
 
   const back = await reconnectThrough(alice, proxy, "gw-b");
   assert.equal(back.recovered, true, "the owner still recovers: the session was kept for her");
+  const m = await cluster.metrics("gw-b");
+  assert.equal(m['roomcast_gateway_recoveries_total{result="wrong_user"}'], 1, "the attempt is counted");
   assert.equal(back.id, id);
   const again = await cluster.whoami(alice);
   assert.equal(again.user, "alice");
