@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use roomcast_shared::wire::{KeySpace, validate_room};
 use serde_json::{Value, json};
 
-use roomcast_shared::wire::ControlMessage;
+use roomcast_shared::wire::{CommandAction, ControlMessage};
 
 use crate::{
     auth::{AuthError, Authenticator, Identity, USER_ROOM_PREFIX, presented_token, user_room},
@@ -270,12 +270,77 @@ impl Gateway {
         departures
     }
 
-    /// Handles a message from another gateway (or from ourselves: requests go to everyone).
+    /// Applies a backend command to this gateway's sockets of `nsp` in any of `rooms` (all of
+    /// `nsp` when empty). Commands come from the trusted publish stream: no room checks apply.
+    fn apply_command(&self, nsp: &str, rooms: &[String], action: &CommandAction) -> usize {
+        let mut sockets: Vec<Arc<SioSocket>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let channels: Vec<String> = if rooms.is_empty() {
+            vec![self.keys.namespace(nsp).into_channel()]
+        } else {
+            rooms
+                .iter()
+                .map(|r| self.keys.room(nsp, r).into_channel())
+                .collect()
+        };
+        for channel in &channels {
+            for socket in self.rooms.members(channel) {
+                if seen.insert(socket.id().clone()) {
+                    sockets.push(socket);
+                }
+            }
+        }
+        for socket in &sockets {
+            match action {
+                CommandAction::Join { rooms } => {
+                    for room in rooms {
+                        let room: Arc<str> = room.as_str().into();
+                        if socket.add_room(&room) {
+                            self.rooms
+                                .add(&self.room_channel(socket, &room), socket, None);
+                        }
+                    }
+                }
+                CommandAction::Leave { rooms } => {
+                    for room in rooms {
+                        if socket.remove_room(room) {
+                            self.rooms.remove(&self.room_channel(socket, room), socket);
+                        }
+                    }
+                }
+                CommandAction::Disconnect { recover: true } => socket.close_connection(),
+                CommandAction::Disconnect { recover: false } => socket.disconnect(),
+            }
+        }
+        sockets.len()
+    }
+
+    /// Handles a message from another gateway (or from ourselves: requests go to everyone), or
+    /// a backend command relayed by the fanout.
     pub(crate) async fn handle_control(&self, message: ControlMessage) {
+        if let ControlMessage::Command {
+            source_id,
+            nsp,
+            rooms,
+            action,
+            ..
+        } = &message
+        {
+            let applied = self.apply_command(nsp, rooms, action);
+            self.stats.commands.inc();
+            tracing::info!(
+                source_id,
+                command = action.name(),
+                sockets = applied,
+                "backend command applied"
+            );
+            return;
+        }
         let Some(takeovers) = &self.takeovers else {
             return;
         };
         match message {
+            ControlMessage::Command { .. } => {}
             ControlMessage::Takeover {
                 request, from, pid, ..
             } => {
@@ -389,10 +454,11 @@ impl SioApp for Gateway {
         if let (Some(takeovers), Some(pid)) = (&self.takeovers, socket.pid()) {
             takeovers.unregister(pid, socket);
         }
-        // Like Node: a client that said goodbye does not want its session back. No departures
+        // Like Node: a client that said goodbye (or was sent away) does not want its session back. No departures
         // means the socket was already taken over, or replaced by its recovered self on this
         // gateway (same id): the session belongs to the new socket now.
         if reason != "client namespace disconnect"
+            && reason != "server namespace disconnect"
             && !departures.is_empty()
             && let (Some(sessions), Some(pid)) = (&self.sessions, socket.pid())
         {

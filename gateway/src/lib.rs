@@ -85,10 +85,12 @@ pub async fn run(
             window_ms: config.recovery.window_ms(),
             probe_interval: config.subscription_probe_interval,
             stats: stats.clone(),
+            // Backend commands arrive on the cluster control channel; takeovers also need this
+            // gateway's own channel for replies.
             control_channels: takeovers
                 .as_ref()
                 .map(|t| t.channels().to_vec())
-                .unwrap_or_default(),
+                .unwrap_or_else(|| vec![keys.control_channel()]),
             control: control_tx,
         }
         .run(background_stop.clone()),

@@ -157,6 +157,12 @@ impl Collector for GatewayCollector {
         )?;
         counter(
             &mut e,
+            "roomcast_gateway_commands",
+            "Backend commands (join, leave, disconnect) received and applied.",
+            &stats.commands,
+        )?;
+        counter(
+            &mut e,
             "roomcast_gateway_replayed_events",
             "Events written by recovery replays.",
             &stats.replayed_events,

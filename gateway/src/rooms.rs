@@ -349,6 +349,15 @@ impl LocalRooms {
         self.changed.notified().await;
     }
 
+    /// The local members of a topic.
+    pub(crate) fn members(&self, channel: &str) -> Vec<Arc<SioSocket>> {
+        self.read()
+            .topics
+            .get(channel)
+            .map(|t| t.members.values().map(|m| m.socket.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Runs `f` on the topics under a read lock. `f` must not block or await.
     pub(crate) fn with_topics<R>(&self, f: impl FnOnce(&HashMap<Arc<str>, TopicEntry>) -> R) -> R {
         f(&self.read().topics)

@@ -32,6 +32,8 @@ pub(crate) struct GatewayStats {
     pub(crate) events_rate_limited: Counter,
     /// Recoveries refused because the token belongs to another user than the session.
     pub(crate) recoveries_wrong_user: Counter,
+    /// Backend commands applied.
+    pub(crate) commands: Counter,
 }
 
 impl GatewayStats {

@@ -183,6 +183,13 @@ pub(crate) fn encode_connect(nsp: &str, sid: &str, pid: Option<&str>) -> String 
     out
 }
 
+/// `1[<nsp>,]`: a server-side DISCONNECT; the official client does not reconnect after it.
+pub(crate) fn encode_disconnect(nsp: &str) -> String {
+    let mut out = String::from("1");
+    nsp_prefix(&mut out, nsp);
+    out
+}
+
 /// `4[<nsp>,]{"message":"…"}`: the CONNECT_ERROR reply, shown by clients as `connect_error`.
 pub(crate) fn encode_connect_error(nsp: &str, message: &str) -> String {
     let mut out = String::from("4");

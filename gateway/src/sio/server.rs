@@ -284,6 +284,13 @@ impl<A: SioApp> Connection<A> {
 
     async fn handle(&mut self, item: Inbound) -> Result<(), PacketError> {
         match item {
+            Inbound::ServerDisconnect(nsp) => {
+                if let Some(socket) = self.sockets.remove(&*nsp) {
+                    self.send(packet::encode_disconnect(&nsp));
+                    self.app.disconnect(&socket, "server namespace disconnect");
+                }
+                Ok(())
+            }
             Inbound::Text(text) => {
                 if self.pending_binary.is_some() {
                     return Err(PacketError::UnexpectedBinary);

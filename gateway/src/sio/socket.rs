@@ -25,6 +25,8 @@ pub struct ConnData {
 pub(super) enum Inbound {
     Text(Str),
     Binary(Bytes),
+    /// The server disconnects the socket of this namespace (see [`SioSocket::disconnect`]).
+    ServerDisconnect(Arc<str>),
 }
 
 pub type EngineSocket = eio::EngineSocket<ConnData>;
@@ -132,6 +134,21 @@ impl SioSocket {
                 Err(EmitError::SlowConsumer)
             }
             Err(eio::EmitError::Closed) => Err(EmitError::Closed),
+        }
+    }
+
+    /// Disconnects this socket from its namespace as the server: the client gets a DISCONNECT
+    /// packet (`io server disconnect`) and does not reconnect; the application sees the reason
+    /// `server namespace disconnect`. Goes through the connection's task, which owns the socket.
+    pub fn disconnect(&self) {
+        let sent = self.engine.data.inbox.get().is_some_and(|inbox| {
+            inbox
+                .try_send(Inbound::ServerDisconnect(self.nsp.clone()))
+                .is_ok()
+        });
+        if !sent {
+            // The connection is gone or flooded; ending it is the next best thing.
+            self.close_connection();
         }
     }
 

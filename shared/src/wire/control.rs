@@ -4,8 +4,13 @@
 //! has not noticed); the holder saves the session, closes the socket and answers on the
 //! requester's `<prefix>:gateway:{<id>}:control` channel. Every gateway answers, so the
 //! requester knows when it has heard from all of them; it waits at most the request timeout.
+//!
+//! The fanout also sends backend commands (a publish stream entry with `command`) to every
+//! gateway on `<prefix>:control`.
 
 use serde::{Deserialize, Serialize};
+
+use super::publish::CommandAction;
 
 /// A message on a control channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +25,16 @@ pub enum ControlMessage {
     },
     /// The answer of one gateway; `held` when it saved the session.
     TakeoverReply { v: u8, request: u64, held: bool },
+    /// A backend command: apply `action` to this gateway's sockets of namespace `nsp` that are
+    /// in any of `rooms` (every socket of `nsp` when `rooms` is empty).
+    Command {
+        v: u8,
+        /// The publish stream entry it came from.
+        source_id: String,
+        nsp: String,
+        rooms: Vec<String>,
+        action: CommandAction,
+    },
 }
 
 impl ControlMessage {
@@ -62,6 +77,29 @@ mod tests {
             ControlMessage::decode(text.as_bytes()).expect("decodes"),
             reply
         );
+        let command = ControlMessage::Command {
+            v: 1,
+            source_id: "5-0".into(),
+            nsp: "/".into(),
+            rooms: vec!["user:alice".into()],
+            action: CommandAction::Join {
+                rooms: vec!["vip".into()],
+            },
+        };
+        let text = r#"{"type":"command","v":1,"source_id":"5-0","nsp":"/","rooms":["user:alice"],"action":{"do":"join","rooms":["vip"]}}"#;
+        assert_eq!(String::from_utf8(command.encode()).expect("utf-8"), text);
+        assert_eq!(
+            ControlMessage::decode(text.as_bytes()).expect("decodes"),
+            command
+        );
+        let disconnect = r#"{"type":"command","v":1,"source_id":"6-0","nsp":"/","rooms":[],"action":{"do":"disconnect","recover":true}}"#;
+        assert!(matches!(
+            ControlMessage::decode(disconnect.as_bytes()),
+            Ok(ControlMessage::Command {
+                action: CommandAction::Disconnect { recover: true },
+                ..
+            })
+        ));
         assert!(ControlMessage::decode(b"junk").is_err());
     }
 }

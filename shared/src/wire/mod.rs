@@ -16,7 +16,10 @@ pub use control::ControlMessage;
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeBody, EnvelopeError};
 pub use keys::{KeySpace, Topic};
 pub use names::{NameError, validate_namespace, validate_room};
-pub use publish::{PublishError, PublishLimits, PublishRequest, Target};
+pub use publish::{
+    Command, CommandAction, PublishEntry, PublishError, PublishLimits, PublishRequest, Target,
+    USER_ROOM_PREFIX,
+};
 pub use session::{
     LateDelivery, Position, SESSION_VERSION, SessionError, SessionRecord, TopicPosition,
 };

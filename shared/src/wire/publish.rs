@@ -1,5 +1,6 @@
 //! The publish request (contract v1): the fields of one entry a backend `XADD`s to
-//! `<prefix>:publish`, and their validation. `docs/publish.md` is the human version.
+//! `<prefix>:publish` — an event to deliver, or a command for the gateways (`command` field) —
+//! and their validation. `docs/publish.md` is the human version.
 //!
 //! Parsing is strict on purpose: an unknown field (a typo such as `romm`) would otherwise turn a
 //! room message into a namespace-wide broadcast, so it is refused and dead-lettered instead.
@@ -42,6 +43,50 @@ pub enum Target {
     Rooms(Vec<String>),
 }
 
+/// Rooms of sockets that belong to one user each: `user:<sub>` (see the gateway's auth).
+pub const USER_ROOM_PREFIX: &str = "user:";
+
+/// One entry of the publish stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishEntry {
+    Event(PublishRequest),
+    Command(Command),
+}
+
+/// A command for the gateways: act on the sockets of a room, a user or a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub nsp: String,
+    /// Whose sockets: members of these rooms (a user is its room `user:<id>`), or everyone.
+    pub target: Target,
+    pub action: CommandAction,
+    pub traceparent: Option<String>,
+}
+
+/// What a command does to each target socket.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum CommandAction {
+    /// Join these rooms.
+    Join { rooms: Vec<String> },
+    /// Leave these rooms.
+    Leave { rooms: Vec<String> },
+    /// Disconnect the socket: with `recover`, as a dropped connection the client recovers from
+    /// (on any gateway); without, as a server-side disconnect the client does not retry.
+    Disconnect { recover: bool },
+}
+
+impl CommandAction {
+    /// A stable label for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Disconnect { .. } => "disconnect",
+        }
+    }
+}
+
 /// A validated publish request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishRequest {
@@ -65,7 +110,7 @@ pub enum PublishError {
     #[error("field `{0}` is not valid UTF-8")]
     NotUtf8(String),
     #[error(
-        "unknown field `{0}` (known: event, data, args, room, rooms, except, nsp, traceparent)"
+        "unknown field `{0}` (known: event, data, args, room, rooms, user, except, nsp, traceparent, command, recover)"
     )]
     UnknownField(String),
     #[error("field `{0}` appears more than once")]
@@ -100,6 +145,15 @@ pub enum PublishError {
         count: usize,
         max: usize,
     },
+    #[error("unknown command `{0}` (known: join, leave, disconnect)")]
+    UnknownCommand(String),
+    #[error("field `{field}` is not allowed with `command {command}`")]
+    NotForCommand {
+        field: &'static str,
+        command: &'static str,
+    },
+    #[error("`command {0}` needs field `args`: a non-empty JSON array of room names")]
+    MissingCommandRooms(&'static str),
 }
 
 impl PublishError {
@@ -119,6 +173,9 @@ impl PublishError {
             Self::InvalidNamespace(_) => "invalid_namespace",
             Self::InvalidTraceparent => "invalid_traceparent",
             Self::TooManyRooms { .. } => "too_many_rooms",
+            Self::UnknownCommand(_) | Self::NotForCommand { .. } | Self::MissingCommandRooms(_) => {
+                "invalid_command"
+            }
         }
     }
 }
@@ -133,9 +190,12 @@ struct RawFields<'a> {
     except: Option<&'a str>,
     nsp: Option<&'a str>,
     traceparent: Option<&'a str>,
+    user: Option<&'a str>,
+    command: Option<&'a str>,
+    recover: Option<&'a str>,
 }
 
-impl PublishRequest {
+impl PublishEntry {
     /// Parses the field/value pairs of one stream entry, in the order Redis returned them.
     pub fn parse<'a, I>(fields: I, limits: PublishLimits) -> Result<Self, PublishError>
     where
@@ -151,7 +211,30 @@ impl PublishRequest {
             });
         }
         let raw = collect_fields(fields)?;
+        match raw.command {
+            Some(command) => Command::from_raw(command, &raw, limits).map(Self::Command),
+            None => PublishRequest::from_raw(&raw, limits).map(Self::Event),
+        }
+    }
+}
 
+impl PublishRequest {
+    /// Parses an entry that must be an event (see [`PublishEntry::parse`]).
+    pub fn parse<'a, I>(fields: I, limits: PublishLimits) -> Result<Self, PublishError>
+    where
+        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        I::IntoIter: Clone,
+    {
+        match PublishEntry::parse(fields, limits)? {
+            PublishEntry::Event(request) => Ok(request),
+            PublishEntry::Command(_) => Err(PublishError::MissingEvent),
+        }
+    }
+
+    fn from_raw(raw: &RawFields<'_>, limits: PublishLimits) -> Result<Self, PublishError> {
+        if raw.recover.is_some() {
+            return Err(PublishError::Conflicting("recover", "event"));
+        }
         let event = raw.event.ok_or(PublishError::MissingEvent)?;
         if event.is_empty() || event.len() > MAX_EVENT_BYTES {
             return Err(PublishError::InvalidEvent);
@@ -164,40 +247,13 @@ impl PublishRequest {
         validate_namespace(nsp).map_err(PublishError::InvalidNamespace)?;
 
         let data = event_data(event, raw.data, raw.args)?;
-
-        let target = match (raw.room, raw.rooms) {
-            (Some(_), Some(_)) => return Err(PublishError::Conflicting("room", "rooms")),
-            (Some(room), None) => {
-                validate_room(room).map_err(|error| PublishError::InvalidRoom {
-                    field: "room",
-                    error,
-                })?;
-                Target::Rooms(vec![room.to_owned()])
-            }
-            (None, Some(json)) => {
-                let rooms = room_list("rooms", json, limits.max_rooms)?;
-                if rooms.is_empty() {
-                    // An empty list must not silently become a broadcast to everyone.
-                    return Err(PublishError::WrongType {
-                        field: "rooms",
-                        expected: "a non-empty JSON array of room names",
-                    });
-                }
-                Target::Rooms(rooms)
-            }
-            (None, None) => Target::Namespace,
-        };
+        let target = target(raw, limits)?;
         let except = raw
             .except
             .map(|json| room_list("except", json, limits.max_rooms))
             .transpose()?
             .unwrap_or_default();
-
-        if let Some(tp) = raw.traceparent
-            && !is_traceparent(tp)
-        {
-            return Err(PublishError::InvalidTraceparent);
-        }
+        let traceparent = traceparent(raw)?;
 
         Ok(Self {
             nsp: nsp.to_owned(),
@@ -205,8 +261,128 @@ impl PublishRequest {
             data,
             target,
             except,
-            traceparent: raw.traceparent.map(str::to_owned),
+            traceparent,
         })
+    }
+}
+
+impl Command {
+    fn from_raw(
+        command: &str,
+        raw: &RawFields<'_>,
+        limits: PublishLimits,
+    ) -> Result<Self, PublishError> {
+        let name: &'static str = match command {
+            "join" => "join",
+            "leave" => "leave",
+            "disconnect" => "disconnect",
+            other => return Err(PublishError::UnknownCommand(other.to_owned())),
+        };
+        for (field, present) in [
+            ("event", raw.event.is_some()),
+            ("data", raw.data.is_some()),
+            ("except", raw.except.is_some()),
+        ] {
+            if present {
+                return Err(PublishError::NotForCommand {
+                    field,
+                    command: name,
+                });
+            }
+        }
+        let nsp = raw.nsp.unwrap_or("/");
+        validate_namespace(nsp).map_err(PublishError::InvalidNamespace)?;
+        let rooms = || -> Result<Vec<String>, PublishError> {
+            let json = raw.args.ok_or(PublishError::MissingCommandRooms(name))?;
+            let rooms = room_list("args", json, limits.max_rooms)?;
+            if rooms.is_empty() {
+                return Err(PublishError::MissingCommandRooms(name));
+            }
+            Ok(rooms)
+        };
+        let action = match name {
+            "join" | "leave" => {
+                if raw.recover.is_some() {
+                    return Err(PublishError::NotForCommand {
+                        field: "recover",
+                        command: name,
+                    });
+                }
+                if name == "join" {
+                    CommandAction::Join { rooms: rooms()? }
+                } else {
+                    CommandAction::Leave { rooms: rooms()? }
+                }
+            }
+            _ => {
+                if raw.args.is_some() {
+                    return Err(PublishError::NotForCommand {
+                        field: "args",
+                        command: name,
+                    });
+                }
+                let recover = match raw.recover {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(_) => {
+                        return Err(PublishError::WrongType {
+                            field: "recover",
+                            expected: "true or false",
+                        });
+                    }
+                };
+                CommandAction::Disconnect { recover }
+            }
+        };
+        Ok(Self {
+            nsp: nsp.to_owned(),
+            target: target(raw, limits)?,
+            action,
+            traceparent: traceparent(raw)?,
+        })
+    }
+}
+
+/// `room`, `rooms` or `user` (one of them), or the whole namespace.
+fn target(raw: &RawFields<'_>, limits: PublishLimits) -> Result<Target, PublishError> {
+    match (raw.room, raw.rooms, raw.user) {
+        (Some(_), Some(_), _) => Err(PublishError::Conflicting("room", "rooms")),
+        (Some(_), _, Some(_)) => Err(PublishError::Conflicting("room", "user")),
+        (_, Some(_), Some(_)) => Err(PublishError::Conflicting("rooms", "user")),
+        (Some(room), None, None) => {
+            validate_room(room).map_err(|error| PublishError::InvalidRoom {
+                field: "room",
+                error,
+            })?;
+            Ok(Target::Rooms(vec![room.to_owned()]))
+        }
+        (None, None, Some(user)) => {
+            let room = format!("{USER_ROOM_PREFIX}{user}");
+            validate_room(&room).map_err(|error| PublishError::InvalidRoom {
+                field: "user",
+                error,
+            })?;
+            Ok(Target::Rooms(vec![room]))
+        }
+        (None, Some(json), None) => {
+            let rooms = room_list("rooms", json, limits.max_rooms)?;
+            if rooms.is_empty() {
+                // An empty list must not silently become a broadcast to everyone.
+                return Err(PublishError::WrongType {
+                    field: "rooms",
+                    expected: "a non-empty JSON array of room names",
+                });
+            }
+            Ok(Target::Rooms(rooms))
+        }
+        (None, None, None) => Ok(Target::Namespace),
+    }
+}
+
+fn traceparent(raw: &RawFields<'_>) -> Result<Option<String>, PublishError> {
+    match raw.traceparent {
+        Some(tp) if !is_traceparent(tp) => Err(PublishError::InvalidTraceparent),
+        tp => Ok(tp.map(str::to_owned)),
     }
 }
 
@@ -225,6 +401,9 @@ fn collect_fields<'a>(
             "except" => &mut raw.except,
             "nsp" => &mut raw.nsp,
             "traceparent" => &mut raw.traceparent,
+            "user" => &mut raw.user,
+            "command" => &mut raw.command,
+            "recover" => &mut raw.recover,
             other => return Err(PublishError::UnknownField(other.to_owned())),
         };
         if slot.is_some() {
@@ -336,6 +515,120 @@ mod tests {
             fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
             LIMITS,
         )
+    }
+
+    fn entry(fields: &[(&str, &str)]) -> Result<PublishEntry, PublishError> {
+        PublishEntry::parse(
+            fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            LIMITS,
+        )
+    }
+
+    fn command(fields: &[(&str, &str)]) -> Result<Command, PublishError> {
+        match entry(fields)? {
+            PublishEntry::Command(c) => Ok(c),
+            PublishEntry::Event(e) => panic!("parsed as an event: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn user_targets_the_user_room() {
+        let req = parse(&[("user", "alice"), ("event", "dm")]).expect("valid");
+        assert_eq!(req.target, Target::Rooms(vec!["user:alice".into()]));
+        assert_eq!(
+            parse(&[("user", "alice"), ("room", "r"), ("event", "dm")]),
+            Err(PublishError::Conflicting("room", "user"))
+        );
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            command(&[
+                ("command", "join"),
+                ("user", "alice"),
+                ("args", r#"["vip","vip","news"]"#)
+            ]),
+            Ok(Command {
+                nsp: "/".into(),
+                target: Target::Rooms(vec!["user:alice".into()]),
+                action: CommandAction::Join {
+                    rooms: vec!["vip".into(), "news".into()]
+                },
+                traceparent: None,
+            })
+        );
+        assert_eq!(
+            command(&[
+                ("command", "leave"),
+                ("room", "r"),
+                ("args", r#"["vip"]"#),
+                ("nsp", "/admin")
+            ])
+            .map(|c| (c.nsp, c.action)),
+            Ok((
+                "/admin".into(),
+                CommandAction::Leave {
+                    rooms: vec!["vip".into()]
+                }
+            ))
+        );
+        assert_eq!(
+            command(&[("command", "disconnect")]).map(|c| (c.target, c.action)),
+            Ok((
+                Target::Namespace,
+                CommandAction::Disconnect { recover: false }
+            ))
+        );
+        assert_eq!(
+            command(&[
+                ("command", "disconnect"),
+                ("room", "r"),
+                ("recover", "true")
+            ])
+            .map(|c| c.action),
+            Ok(CommandAction::Disconnect { recover: true })
+        );
+    }
+
+    #[test]
+    fn bad_commands_say_why() {
+        for (fields, reason) in [
+            (&[("command", "explode")][..], "invalid_command"),
+            (&[("command", "join")][..], "invalid_command"),
+            (
+                &[("command", "join"), ("args", "[]")][..],
+                "invalid_command",
+            ),
+            (&[("command", "join"), ("args", "[1]")][..], "wrong_type"),
+            (
+                &[("command", "join"), ("args", r#"["a"]"#), ("event", "e")][..],
+                "invalid_command",
+            ),
+            (
+                &[("command", "disconnect"), ("args", r#"["a"]"#)][..],
+                "invalid_command",
+            ),
+            (
+                &[("command", "disconnect"), ("recover", "yes")][..],
+                "wrong_type",
+            ),
+            (
+                &[
+                    ("command", "leave"),
+                    ("args", r#"["a"]"#),
+                    ("recover", "true"),
+                ][..],
+                "invalid_command",
+            ),
+            (
+                &[("event", "e"), ("recover", "true")][..],
+                "conflicting_fields",
+            ),
+        ] {
+            let err = entry(fields).expect_err("refused");
+            assert_eq!(err.reason(), reason, "{fields:?}: {err}");
+        }
     }
 
     #[test]
