@@ -100,6 +100,8 @@ done
 
 step "starting fanout and gateways"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG="${RUST_LOG:-info}"
+# No load balancer to wait for locally: Ctrl-C stops the gateways within a second.
+export DRAIN_DELAY_MS="${DRAIN_DELAY_MS:-0}" DRAIN_PERIOD_MS="${DRAIN_PERIOD_MS:-500}"
 start fanout "$RUN_DIR/fanout.log" env ADMIN_ADDR="$HOST:$FANOUT_PORT" "$BIN_DIR/roomcast-fanout"
 gateway_names=(gw-1 gw-2)
 for i in 0 1; do

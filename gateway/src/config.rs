@@ -10,7 +10,10 @@ use crate::{
     limits::Rate,
 };
 use roomcast_shared::{
-    config::{RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_positive},
+    config::{
+        RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_millis_or_zero,
+        parse_positive,
+    },
     wire::validate_namespace,
 };
 
@@ -75,10 +78,10 @@ pub struct GatewayConfig {
     #[arg(long = "connect-timeout", env = "CONNECT_TIMEOUT", value_name = "CONNECT_TIMEOUT", default_value = "45000", value_parser = parse_millis)]
     pub connect_timeout: Duration,
 
-    /// Outgoing packets queued per connection before the client counts as a slow consumer and
-    /// is disconnected.
-    #[arg(long = "max-buffered-packets", env = "MAX_BUFFERED_PACKETS", value_name = "MAX_BUFFERED_PACKETS", default_value = "1024", value_parser = parse_positive)]
-    pub max_buffered_packets: usize,
+    /// Bytes queued for one connection (each packet counts its size plus 64) before the client
+    /// counts as a slow consumer and is disconnected (recoverably: it catches up from history).
+    #[arg(long = "max-buffered-bytes", env = "MAX_BUFFERED_BYTES", value_name = "MAX_BUFFERED_BYTES", default_value = "1048576", value_parser = parse_positive)]
+    pub max_buffered_bytes: usize,
 
     /// Namespaces clients may connect to, comma-separated.
     #[arg(long = "namespaces", env = "NAMESPACES", value_name = "NAMESPACES", default_value = "/", value_delimiter = ',', value_parser = parse_namespace)]
@@ -112,10 +115,30 @@ pub struct GatewayConfig {
     pub shutdown: ShutdownArgs,
 
     #[command(flatten)]
+    pub drain: DrainArgs,
+
+    #[command(flatten)]
     pub auth: AuthArgs,
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// How a gateway leaves on SIGTERM without losing anything: not-ready at once, serve on for
+/// DRAIN_DELAY_MS while load balancers notice, then close connections spread over
+/// DRAIN_PERIOD_MS (clients reconnect elsewhere and recover), then save sessions within
+/// SHUTDOWN_TIMEOUT_MS. Keep the sum below the pod's termination grace period.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrainArgs {
+    /// Milliseconds the gateway keeps serving after SIGTERM while reporting not-ready, so load
+    /// balancers stop sending it new clients before it closes connections.
+    #[arg(long = "drain-delay", env = "DRAIN_DELAY_MS", value_name = "DRAIN_DELAY_MS", default_value = "5000", value_parser = parse_millis_or_zero)]
+    pub delay: Duration,
+
+    /// Milliseconds over which the connections are closed, evenly spread, so reconnections do
+    /// not hit the other gateways all at once. 0 closes them all at once.
+    #[arg(long = "drain-period", env = "DRAIN_PERIOD_MS", value_name = "DRAIN_PERIOD_MS", default_value = "10000", value_parser = parse_millis_or_zero)]
+    pub period: Duration,
 }
 
 /// Authentication of clients (JWT) and browser origins.

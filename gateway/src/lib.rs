@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use auth::{PublicKey, Secret};
-pub use config::{AuthArgs, GatewayConfig, LimitArgs, Transports};
+pub use config::{AuthArgs, DrainArgs, GatewayConfig, LimitArgs, Transports};
 pub use limits::Rate;
 
 use crate::{
@@ -157,6 +157,9 @@ pub async fn run(
         });
     }
     let connections = TaskTracker::new();
+    // Cancelled at the end of the drain (not with `shutdown`): connections are closed one by one
+    // during the drain, this closes whatever is left.
+    let close_connections = CancellationToken::new();
     let sio = SioServer::new(
         app,
         SioConfig {
@@ -164,7 +167,7 @@ pub async fn run(
             max_connections: config.max_connections,
             connect_timeout: config.connect_timeout,
         },
-        shutdown.child_token(),
+        close_connections.clone(),
         connections.clone(),
     );
     let registry = metrics::registry(metrics::Sources {
@@ -172,20 +175,31 @@ pub async fn run(
         connections: sio.stats(),
         rooms: rooms.clone(),
     });
+    let engine = Engine::new(Arc::new(sio), engine_config(&config));
     let router = roomcast_shared::health::routes(readiness.clone())
         .merge(metrics::routes(registry))
-        .merge(Engine::new(Arc::new(sio), engine_config(&config)).router());
+        .merge(engine.router());
 
     let serve_stop = shutdown.clone();
     let ready_on_stop = readiness.clone();
+    let drain = config.drain.clone();
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         serve_stop.cancelled().await;
-        // Turn not-ready first so the load balancer stops sending new clients.
+        // Turn not-ready first so the load balancer stops sending new clients, and keep serving
+        // while it notices.
         ready_on_stop.set(READY_SUBSCRIPTIONS, false);
+        tracing::info!(
+            delay_ms = drain.delay.as_millis(),
+            "shutting down: not ready, serving on before the drain"
+        );
+        tokio::time::sleep(drain.delay).await;
+        // Clients reconnect elsewhere and recover; spread so the others are not stampeded.
+        engine.drain(drain.period).await;
+        close_connections.cancel();
     })
     .await
     .context("HTTP server failed")?;
@@ -255,7 +269,7 @@ fn engine_config(config: &GatewayConfig) -> EngineConfig {
         ping_timeout: config.ping_timeout,
         upgrade_timeout: config.upgrade_timeout,
         max_payload: config.max_payload,
-        max_buffered_packets: config.max_buffered_packets,
+        max_buffered_bytes: config.max_buffered_bytes,
         websocket: config.transports.websocket,
         polling: config.transports.polling,
         allowed_origins: config.auth.allowed_origins(),

@@ -76,8 +76,8 @@ pub struct EngineConfig {
     pub upgrade_timeout: Duration,
     /// Largest message or polling payload a client may send, in bytes.
     pub max_payload: usize,
-    /// Application packets a session may have queued before emits are refused.
-    pub max_buffered_packets: usize,
+    /// Bytes of application packets a session may have queued before emits are refused.
+    pub max_buffered_bytes: usize,
     pub websocket: bool,
     pub polling: bool,
     /// Read buffer of each WebSocket, in bytes; small keeps idle connections cheap.
@@ -97,7 +97,7 @@ impl EngineConfig {
             ping_timeout: Duration::from_secs(20),
             upgrade_timeout: Duration::from_secs(10),
             max_payload: 1_000_000,
-            max_buffered_packets: 1024,
+            max_buffered_bytes: 1 << 20,
             websocket: true,
             polling: true,
             ws_read_buffer_size: 4096,
@@ -118,6 +118,8 @@ pub(super) struct Shared<H: EngineHandler> {
     pub(super) config: EngineConfig,
     handler: Arc<H>,
     sessions: Mutex<HashMap<Arc<str>, Socket<H>>>,
+    /// Cleared when draining: new sessions are refused so clients go to another server.
+    accepting: std::sync::atomic::AtomicBool,
 }
 
 impl<H: EngineHandler> Engine<H> {
@@ -127,7 +129,32 @@ impl<H: EngineHandler> Engine<H> {
                 config,
                 handler,
                 sessions: Mutex::default(),
+                accepting: std::sync::atomic::AtomicBool::new(true),
             }),
+        }
+    }
+
+    /// Stops accepting sessions and closes the open ones (as `ClosingServer`, which clients
+    /// treat as a dropped connection and reconnect from), spread evenly over `period` so their
+    /// reconnections do not all land on the other servers at once.
+    pub async fn drain(&self, period: Duration) {
+        self.shared
+            .accepting
+            .store(false, std::sync::atomic::Ordering::Release);
+        let sockets: Vec<Socket<H>> = self.shared.sessions().values().cloned().collect();
+        let count = sockets.len();
+        tracing::info!(
+            connections = count,
+            period_ms = period.as_millis(),
+            "draining connections"
+        );
+        let start = Instant::now();
+        for (i, socket) in sockets.iter().enumerate() {
+            // u32 is plenty for a gateway's connection count; larger counts just share slots.
+            let slot = u32::try_from(i).unwrap_or(u32::MAX);
+            let of = u32::try_from(count).unwrap_or(u32::MAX).max(1);
+            tokio::time::sleep_until(start + period / of * slot).await;
+            socket.close(DisconnectReason::ClosingServer);
         }
     }
 
@@ -278,6 +305,12 @@ impl<H: EngineHandler> Shared<H> {
 
     /// What the application learns of a handshake request, once it has admitted it.
     pub(super) fn admit(&self, req: &Request) -> Result<Handshake, Refusal> {
+        if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "Server shutting down",
+            });
+        }
         let handshake = Handshake {
             client_ip: client_ip(req, self.config.trust_forwarded_for),
             authorization: req
@@ -297,7 +330,7 @@ impl<H: EngineHandler> Shared<H> {
             H::Data::default(),
             handshake,
             transport,
-            self.config.max_buffered_packets,
+            self.config.max_buffered_bytes,
         ));
         self.sessions().insert(socket.id.clone(), socket.clone());
         tokio::spawn(self.clone().lifecycle(socket.clone()));

@@ -50,10 +50,12 @@ pub enum DisconnectReason {
     Overlap,
     /// The server is shutting down.
     ClosingServer,
+    /// The client did not read its packets fast enough (its queue was full).
+    SlowConsumer,
 }
 
 impl DisconnectReason {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::ClientClose,
         Self::TransportClose,
         Self::TransportError,
@@ -61,6 +63,7 @@ impl DisconnectReason {
         Self::PacketParsingError,
         Self::Overlap,
         Self::ClosingServer,
+        Self::SlowConsumer,
     ];
 
     /// Position in [`DisconnectReason::ALL`].
@@ -78,6 +81,7 @@ impl DisconnectReason {
             Self::PacketParsingError => "parse_error",
             Self::Overlap => "request_overlap",
             Self::ClosingServer => "server_shutdown",
+            Self::SlowConsumer => "slow_consumer",
         }
     }
 
@@ -90,6 +94,7 @@ impl DisconnectReason {
             Self::PacketParsingError => "parse error",
             Self::Overlap => "request overlap",
             Self::ClosingServer => "server shutting down",
+            Self::SlowConsumer => "slow consumer",
         }
     }
 }
@@ -105,12 +110,16 @@ pub enum EmitError {
     Closed,
 }
 
+/// What a queued packet costs beyond its bytes (its slot in the queue), so a flood of tiny
+/// packets is bounded too.
+const PACKET_OVERHEAD: usize = 64;
+
 #[derive(Debug, Default)]
 struct Queue {
     packets: VecDeque<Outbound>,
-    /// Application packets queued (control packets are not counted: they are tiny and must not
-    /// be refused to a client that is merely busy).
-    counted: usize,
+    /// Bytes of the application packets queued, overhead included (control packets are not
+    /// counted: they are tiny and must not be refused to a client that is merely busy).
+    bytes: usize,
     /// A long-polling GET is waiting for packets.
     poll_pending: bool,
     /// A long-polling POST is being processed.
@@ -133,6 +142,7 @@ pub struct EngineSocket<D> {
     pub handshake: Handshake,
     transport: AtomicU8,
     queue: Mutex<Queue>,
+    /// Most bytes of application packets queued at once.
     capacity: usize,
     /// Wakes the transport that writes the queue (the WebSocket task or the pending poll).
     writer: Notify,
@@ -192,33 +202,38 @@ impl<D> EngineSocket<D> {
 
     /// Queues a message for the client.
     pub fn emit(&self, message: Message) -> Result<(), EmitError> {
-        self.push(std::iter::once(Outbound::Message(message)), 1)
+        let cost = message.len() + PACKET_OVERHEAD;
+        self.push(std::iter::once(Outbound::Message(message)), cost)
     }
 
     /// Queues a binary message.
     pub fn emit_binary(&self, data: Bytes) -> Result<(), EmitError> {
-        self.push(std::iter::once(Outbound::Binary(data)), 1)
+        let cost = data.len() + PACKET_OVERHEAD;
+        self.push(std::iter::once(Outbound::Binary(data)), cost)
     }
 
     /// Queues a message and its binary attachments as one unit: nothing lands between them,
     /// and either all are queued or none.
     pub fn emit_many(&self, message: Message, binaries: Vec<Bytes>) -> Result<(), EmitError> {
-        let count = 1 + binaries.len();
+        let cost = message.len()
+            + binaries.iter().map(Bytes::len).sum::<usize>()
+            + PACKET_OVERHEAD * (1 + binaries.len());
         let packets = std::iter::once(Outbound::Message(message))
             .chain(binaries.into_iter().map(Outbound::Binary));
-        self.push(packets, count)
+        self.push(packets, cost)
     }
 
-    fn push(&self, packets: impl Iterator<Item = Outbound>, count: usize) -> Result<(), EmitError> {
+    fn push(&self, packets: impl Iterator<Item = Outbound>, cost: usize) -> Result<(), EmitError> {
         if self.closed.is_cancelled() {
             return Err(EmitError::Closed);
         }
         {
             let mut queue = self.queue();
-            if queue.counted + count > self.capacity {
+            // An empty queue takes anything, so one packet larger than the bound still goes out.
+            if queue.bytes > 0 && queue.bytes + cost > self.capacity {
                 return Err(EmitError::Full);
             }
-            queue.counted += count;
+            queue.bytes += cost;
             queue.packets.extend(packets);
         }
         self.writer.notify_one();
@@ -259,7 +274,7 @@ impl<D> EngineSocket<D> {
     pub(super) fn take_queued(&self) -> VecDeque<Outbound> {
         let taken = {
             let mut queue = self.queue();
-            queue.counted = 0;
+            queue.bytes = 0;
             std::mem::take(&mut queue.packets)
         };
         if !taken.is_empty() {
@@ -387,8 +402,9 @@ mod tests {
     }
 
     #[test]
-    fn refuses_past_capacity_but_keeps_control_packets() {
-        let s = socket(2);
+    fn refuses_past_capacity_in_bytes_but_keeps_control_packets() {
+        // Room for two 2-byte messages ("4" + 1 byte each, plus the per-packet overhead).
+        let s = socket(2 * (2 + PACKET_OVERHEAD));
         assert_eq!(s.emit("a".into()), Ok(()));
         assert_eq!(
             s.emit_many("b".into(), vec![Bytes::from_static(b"x")]),
@@ -403,6 +419,13 @@ mod tests {
             Ok(()),
             "taking the queue frees its room"
         );
+    }
+
+    #[test]
+    fn one_packet_larger_than_the_bound_goes_through_an_empty_queue() {
+        let s = socket(16);
+        assert_eq!(s.emit("x".repeat(100).into()), Ok(()));
+        assert_eq!(s.emit("y".into()), Err(EmitError::Full));
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl SioSocket {
     /// packet would be a gap it never learns about, a reconnect lets it recover.
     fn close_slow_consumer(&self) {
         tracing::warn!(sid = %self.id, "outgoing queue full, closing slow consumer");
-        self.engine.close(DisconnectReason::TransportError);
+        self.engine.close(DisconnectReason::SlowConsumer);
     }
 
     fn rooms_lock(&self) -> MutexGuard<'_, Vec<Arc<str>>> {
@@ -293,7 +293,7 @@ pub(crate) mod testing {
             random_id(),
             ConnData::default(),
             eio::Handshake::default(),
-            64,
+            1 << 20,
         ));
         Recorded {
             socket: Arc::new(SioSocket::new(random_id(), nsp.into(), engine.clone())),

@@ -139,7 +139,7 @@ test("CLIENT KILL of the gateways' subscription connections while events are pub
   const { tls, disconnects } = await clientsIn(rooms);
   const proxy = cluster.redisProxy;
   const perRoom = 100; // 4 phases × 2 rooms × 100 = 800 events: a burst stays below a client's
-  // outgoing queue (MAX_BUFFERED_PACKETS 1024), so a disconnect would mean a repair went wrong.
+  // outgoing queue (MAX_BUFFERED_BYTES, 1 MiB), so a disconnect would mean a repair went wrong.
   const phase = (k) => startFirehose(cluster, { rooms, perRoom, batch: 10, event: "tick", first: k * perRoom });
 
   // 1. Publishing is under way when the subscriptions die; the gateways' reconnections are held
