@@ -13,5 +13,8 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on LISTEN_ADDR {}: {e}", config.listen_addr))?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    roomcast_gateway::run(config, listener, shutdown).await
+    let result = roomcast_gateway::run(config, listener, shutdown).await;
+    // The provider's export thread blocks; keep it off the async workers.
+    tokio::task::spawn_blocking(telemetry::shutdown).await?;
+    result
 }

@@ -65,6 +65,29 @@ pub struct TelemetryArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// OpenTelemetry: base URL of an OTLP/HTTP collector (`http://otel-collector:4318`); traces
+    /// are sent to `<url>/v1/traces`. Only traces a publisher started (a sampled `traceparent`
+    /// on the publish entry) are recorded, unless OTEL_TRACES_SAMPLER says otherwise. Default:
+    /// none, nothing is exported.
+    #[arg(
+        long = "otel-exporter-otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP encoding: `http/protobuf` or `http/json`.
+    #[arg(long = "otel-exporter-otlp-protocol", env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_name = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["http/protobuf", "http/json"])]
+    pub otlp_protocol: String,
+
+    /// `service.name` of exported spans. Default: the binary's name.
+    #[arg(
+        long = "otel-service-name",
+        env = "OTEL_SERVICE_NAME",
+        value_name = "OTEL_SERVICE_NAME"
+    )]
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
