@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, on a fresh machine too:
-#   format check, clippy (warnings are errors), build, Rust tests, then the end-to-end suite
-#   (tests/e2e: real redis-server, 2 gateways, 1 fanout, the official Node and Python clients).
+#   format check, clippy (warnings are errors), build, Rust tests, fuzzing of the parsers
+#   (scripts/fuzz.sh, about 6 minutes), then the end-to-end suite (tests/e2e: real
+#   redis-server, 2 gateways, 1 fanout, the official Node and Python clients).
 # Installs what is missing first: redis-server (apt-get, when root), the e2e Node packages
 # (npm ci), python-socketio (pip, into tests/e2e/.venv unless python3 already has it).
 #
@@ -63,11 +64,14 @@ note "python: $PYTHON ($("$PYTHON" -c 'import importlib.metadata as m; print("py
 
 if [ "$e2e_only" = 0 ]; then
   run "cargo fmt --check" cargo fmt --all -- --check
+  run "cargo fmt --check (fuzz/, its own workspace)" cargo fmt --manifest-path fuzz/Cargo.toml -- --check
   run "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 fi
 run "cargo build" cargo build --workspace
 if [ "$e2e_only" = 0 ]; then
   run_tests "cargo test (Rust unit and integration tests)" cargo test --workspace
+  # The parsers that take hostile input, 60 s per target (ROOMCAST_FUZZ_SECONDS to change it).
+  run "fuzzing (scripts/fuzz.sh)" "$ROOT/scripts/fuzz.sh" "${ROOMCAST_FUZZ_SECONDS:-60}"
 fi
 
 export ROOMCAST_BIN_DIR="${ROOMCAST_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}"

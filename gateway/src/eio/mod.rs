@@ -15,4 +15,7 @@ mod ws;
 pub use cors::AllowedOrigins;
 pub use engine::{Engine, EngineConfig, EngineHandler, Refusal};
 pub use packet::{Message, PacketError, Str};
+// Public for the fuzz targets in fuzz/ only; not an API.
+#[doc(hidden)]
+pub use packet::{Inbound, Outbound, encode_payload};
 pub use socket::{DisconnectReason, EmitError, EngineSocket, Handshake, Transport};

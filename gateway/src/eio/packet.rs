@@ -63,7 +63,7 @@ impl From<&str> for Message {
 
 /// A packet a client sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Inbound {
+pub enum Inbound {
     Close,
     /// Only `2probe` (the upgrade probe) is expected from v4 clients; a plain ping gets a pong.
     Ping {
@@ -96,7 +96,7 @@ pub enum PacketError {
 impl Inbound {
     /// Parses one text packet: a WebSocket text frame or one record of a polling payload.
     /// `text` is sliced, not copied.
-    pub(crate) fn parse(text: Bytes) -> Result<Self, PacketError> {
+    pub fn parse(text: Bytes) -> Result<Self, PacketError> {
         let Some(&kind) = text.first() else {
             return Err(PacketError::Empty);
         };
@@ -128,7 +128,7 @@ impl Inbound {
     }
 
     /// Splits a long-polling payload into its packets.
-    pub(crate) fn parse_payload(payload: Bytes) -> Result<Vec<Self>, PacketError> {
+    pub fn parse_payload(payload: Bytes) -> Result<Vec<Self>, PacketError> {
         if std::str::from_utf8(&payload).is_err() {
             return Err(PacketError::NotUtf8);
         }
@@ -152,7 +152,7 @@ impl Inbound {
 
 /// A packet queued for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outbound {
+pub enum Outbound {
     Message(Message),
     Binary(Bytes),
     Ping,
@@ -187,7 +187,7 @@ impl Outbound {
 }
 
 /// Encodes packets as one long-polling payload.
-pub(crate) fn encode_payload<'a>(packets: impl IntoIterator<Item = &'a Outbound> + Clone) -> Bytes {
+pub fn encode_payload<'a>(packets: impl IntoIterator<Item = &'a Outbound> + Clone) -> Bytes {
     let len: usize = packets
         .clone()
         .into_iter()

@@ -2,7 +2,9 @@
 //! Public so that other servers built from the same code (the protocol conformance server in
 //! `tests`) can use it with their own [`SioApp`].
 
-pub(crate) mod packet;
+// Public for the fuzz targets in fuzz/ only; not an API.
+#[doc(hidden)]
+pub mod packet;
 mod server;
 mod socket;
 

@@ -9,10 +9,10 @@ use serde_json::Value;
 use thiserror::Error;
 
 /// Most binary attachments one packet may announce; more is treated as hostile.
-pub(crate) const MAX_ATTACHMENTS: usize = 10;
+pub const MAX_ATTACHMENTS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PacketType {
+pub enum PacketType {
     Connect = 0,
     Disconnect = 1,
     Event = 2,
@@ -24,18 +24,18 @@ pub(crate) enum PacketType {
 
 /// A packet received from a client, its JSON parsed.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Packet {
-    pub(crate) kind: PacketType,
-    pub(crate) nsp: String,
-    pub(crate) id: Option<u64>,
+pub struct Packet {
+    pub kind: PacketType,
+    pub nsp: String,
+    pub id: Option<u64>,
     /// CONNECT: the auth object (or `Null`); EVENT/ACK: the argument array; DISCONNECT: `Null`.
-    pub(crate) data: Value,
+    pub data: Value,
     /// Binary attachments this packet still expects (BINARY_* only).
-    pub(crate) attachments: usize,
+    pub attachments: usize,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub(crate) enum PacketError {
+pub enum PacketError {
     #[error("empty packet")]
     Empty,
     #[error("unknown packet type {0:?}")]
@@ -58,7 +58,7 @@ pub(crate) enum PacketError {
 
 impl Packet {
     /// Parses a text packet from a client.
-    pub(crate) fn parse(text: &str) -> Result<Self, PacketError> {
+    pub fn parse(text: &str) -> Result<Self, PacketError> {
         let mut rest = text;
         let kind = match rest.chars().next().ok_or(PacketError::Empty)? {
             '0' => PacketType::Connect,
@@ -144,7 +144,7 @@ impl Packet {
 
     /// Replaces `{"_placeholder":true,"num":n}` markers with the received attachments, rendered
     /// as the JSON the rest of the gateway sees (attachments are kept aside in `binaries`).
-    pub(crate) fn placeholders_valid(&self, binaries: &[Bytes]) -> bool {
+    pub fn placeholders_valid(&self, binaries: &[Bytes]) -> bool {
         fn walk(v: &Value, n: usize) -> bool {
             match v {
                 Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => map
@@ -200,7 +200,7 @@ pub(crate) fn encode_connect_error(nsp: &str, message: &str) -> String {
 
 /// `2[<nsp>,]<data>` with `data` already a JSON array text (`["event", …]`). Built once per
 /// broadcast and shared by every recipient.
-pub(crate) fn encode_event(nsp: &str, data: &str) -> String {
+pub fn encode_event(nsp: &str, data: &str) -> String {
     let mut out = String::with_capacity(nsp.len() + data.len() + 2);
     out.push('2');
     nsp_prefix(&mut out, nsp);
@@ -209,7 +209,7 @@ pub(crate) fn encode_event(nsp: &str, data: &str) -> String {
 }
 
 /// `3[<nsp>,]<id><args>` or, with attachments, `6<n>-[<nsp>,]<id><args>`.
-pub(crate) fn encode_ack(nsp: &str, id: u64, args: &Value, attachments: usize) -> String {
+pub fn encode_ack(nsp: &str, id: u64, args: &Value, attachments: usize) -> String {
     let mut out = String::new();
     if attachments > 0 {
         out.push('6');
@@ -226,7 +226,7 @@ pub(crate) fn encode_ack(nsp: &str, id: u64, args: &Value, attachments: usize) -
 
 /// `2[<nsp>,]<args>` or, with attachments, `5<n>-[<nsp>,]<args>`: a server-initiated event whose
 /// arguments are a JSON array (binary arguments already replaced by placeholders).
-pub(crate) fn encode_event_value(nsp: &str, args: &Value, attachments: usize) -> String {
+pub fn encode_event_value(nsp: &str, args: &Value, attachments: usize) -> String {
     let mut out = String::new();
     if attachments > 0 {
         out.push('5');

@@ -117,7 +117,13 @@ impl Envelope {
         {
             return Err(EnvelopeError::UnsupportedVersion(*v));
         }
-        Ok(rmp_serde::from_slice(bytes)?)
+        let envelope: Self = rmp_serde::from_slice(bytes)?;
+        // The check above only sees the compact encoding; msgpack has others for the same array
+        // and number (found by fuzzing: `0xd0 0x00`, an int8 0, decoded as version 0).
+        if envelope.version != ENVELOPE_VERSION {
+            return Err(EnvelopeError::UnsupportedVersion(envelope.version));
+        }
+        Ok(envelope)
     }
 }
 
@@ -191,6 +197,32 @@ mod tests {
         body.extend_from_slice(&[0xa1, b'x', 0x2a]);
         let env = Envelope::decode(&Envelope::encode(3, &body).expect("encodes")).expect("decodes");
         assert_eq!(env.body, super::tests::body());
+    }
+
+    #[test]
+    fn rejects_other_versions_in_any_msgpack_encoding() {
+        let body = body().encode().expect("encodes");
+        for header in [
+            &[0x93, 0xd0, 0x00][..],               // int8 0 (the fuzzer's find)
+            &[0x93, 0xcc, 0x02],                   // uint8 2
+            &[0xdc, 0x00, 0x03, 0x02],             // array16 of 3, version 2
+            &[0xdd, 0x00, 0x00, 0x00, 0x03, 0x00], // array32 of 3, version 0
+        ] {
+            let mut bytes = header.to_vec();
+            bytes.push(0x01); // seq
+            bytes.extend_from_slice(&body);
+            assert!(
+                matches!(
+                    Envelope::decode(&bytes),
+                    Err(EnvelopeError::UnsupportedVersion(0 | 2))
+                ),
+                "{header:x?}"
+            );
+        }
+        // Another encoding of version 1 is still version 1.
+        let mut bytes = vec![0xdc, 0x00, 0x03, 0xcc, 0x01, 0x01];
+        bytes.extend_from_slice(&body);
+        assert_eq!(Envelope::decode(&bytes).expect("decodes").version, 1);
     }
 
     #[test]
