@@ -4,7 +4,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use roomcast_shared::{
-    config::{RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_positive},
+    config::{
+        RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_millis_or_zero,
+        parse_positive,
+    },
     wire::validate_namespace,
 };
 
@@ -30,6 +33,18 @@ pub struct GatewayConfig {
     /// unanswered for as long triggers a resubscribe and a repair from history.
     #[arg(long = "subscription-probe-interval", env = "SUBSCRIPTION_PROBE_INTERVAL_MS", value_name = "SUBSCRIPTION_PROBE_INTERVAL_MS", default_value = "5000", value_parser = parse_millis)]
     pub subscription_probe_interval: Duration,
+
+    /// Longest a message is held, in milliseconds, waiting until every fanout partition is known
+    /// to be done up to it, so that messages go out in publish order although several fanout
+    /// replicas publish concurrently (recovery relies on it). Longer than a fanout failover
+    /// (FANOUT_LEASE_TTL_MS + FANOUT_LEASE_RENEW_MS) keeps the order through a fanout crash, at
+    /// the price of a pause; 0 turns ordering off (per-room order still holds).
+    #[arg(long = "delivery-order-wait-ms", env = "DELIVERY_ORDER_WAIT_MS", value_name = "DELIVERY_ORDER_WAIT_MS", default_value = "5000", value_parser = parse_millis_or_zero)]
+    pub delivery_order_wait: Duration,
+
+    /// Most messages held for ordering at once; past it the oldest go without waiting.
+    #[arg(long = "delivery-order-max-held", env = "DELIVERY_ORDER_MAX_HELD", value_name = "DELIVERY_ORDER_MAX_HELD", default_value = "100000", value_parser = parse_positive)]
+    pub delivery_order_max_held: usize,
 
     /// Address to listen on for Socket.IO (`/socket.io/`), `/healthz` and `/readyz`.
     #[arg(
@@ -196,6 +211,8 @@ mod tests {
         );
         assert_eq!(c.namespaces, vec!["/".to_owned()]);
         assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.delivery_order_wait, Duration::from_secs(5));
+        assert_eq!(c.delivery_order_max_held, 100_000);
     }
 
     #[test]
@@ -211,6 +228,14 @@ mod tests {
             (&["gw", "--listen-addr", "nowhere"][..], "LISTEN_ADDR"),
             (&["gw", "--gateway-id", ""][..], "GATEWAY_ID"),
             (&["gw", "--gateway-id", "a{b}"][..], "GATEWAY_ID"),
+            (
+                &["gw", "--delivery-order-wait-ms", "5s"][..],
+                "DELIVERY_ORDER_WAIT_MS",
+            ),
+            (
+                &["gw", "--delivery-order-max-held", "0"][..],
+                "DELIVERY_ORDER_MAX_HELD",
+            ),
         ] {
             let err = GatewayConfig::try_parse_from(args).expect_err("refused");
             assert!(err.to_string().contains(name), "{args:?}: {err}");

@@ -6,6 +6,7 @@ mod delivery;
 mod handlers;
 mod history;
 mod membership;
+mod order;
 mod recovery;
 mod replay;
 mod rooms;
@@ -18,7 +19,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use engineioxide::{TransportType, config::EngineIoConfig, layer::EngineIoLayer};
-use roomcast_shared::{health::Readiness, redis_conn::Backoff, wire::KeySpace};
+use roomcast_shared::{
+    health::Readiness,
+    redis_conn::Backoff,
+    wire::{KeySpace, StreamId},
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -31,7 +36,7 @@ use crate::{
     rooms::LocalRooms,
     sio::{SioConfig, SioServer},
     stats::GatewayStats,
-    subscriptions::{READY_SUBSCRIPTIONS, Subscriptions},
+    subscriptions::{OrderSettings, READY_SUBSCRIPTIONS, Subscriptions},
     takeover::Takeovers,
 };
 
@@ -65,6 +70,15 @@ pub async fn run(
         ))
     });
     let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(1024);
+    // Delivery in publish order across the fanout's partitions; recoveries wait for it.
+    let (released_tx, released_rx) = tokio::sync::watch::channel(StreamId::default());
+    let order = (!config.delivery_order_wait.is_zero()).then(|| OrderSettings {
+        max_wait: config.delivery_order_wait,
+        max_held: config.delivery_order_max_held,
+        marks: Default::default(),
+        released: released_tx,
+    });
+    let released = order.is_some().then_some(released_rx);
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
 
@@ -84,6 +98,7 @@ pub async fn run(
                 .map(|t| t.channels().to_vec())
                 .unwrap_or_default(),
             control: control_tx,
+            order,
         }
         .run(background_stop.clone()),
     );
@@ -110,6 +125,7 @@ pub async fn run(
         request_timeout: config.request_timeout,
         writes: session_writes.clone(),
         stats: stats.clone(),
+        released,
     });
     let app = Arc::new(Gateway {
         rooms: rooms.clone(),

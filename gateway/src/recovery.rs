@@ -13,12 +13,14 @@ use std::{
     time::Duration,
 };
 
+use engineioxide::Str;
 use redis::{Value, aio::ConnectionManager};
 use roomcast_shared::clock::unix_ms;
 use roomcast_shared::wire::{
     Envelope, KeySpace, Position, SESSION_VERSION, SessionRecord, StreamId, Topic, TopicPosition,
 };
 use serde_json::Value as Json;
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::replay::{Buffered, ReplayBuffer};
@@ -45,6 +47,8 @@ pub(crate) enum RestoreError {
     Overflow,
     #[error("the client went away or stopped reading during the replay")]
     ClientGone,
+    #[error("messages of slower fanout partitions did not arrive in time")]
+    Ordering,
 }
 
 impl RestoreError {
@@ -53,7 +57,11 @@ impl RestoreError {
     pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Redis(_) | Self::Subscriptions | Self::Overflow | Self::ClientGone
+            Self::Redis(_)
+                | Self::Subscriptions
+                | Self::Overflow
+                | Self::ClientGone
+                | Self::Ordering
         )
     }
 }
@@ -68,6 +76,8 @@ pub(crate) struct Sessions {
     /// Session writes still in flight; waited for on shutdown.
     pub(crate) writes: TaskTracker,
     pub(crate) stats: Arc<GatewayStats>,
+    /// How far live messages were released in publish order (`None`: ordering off).
+    pub(crate) released: Option<watch::Receiver<StreamId>>,
 }
 
 impl Sessions {
@@ -282,7 +292,7 @@ impl Sessions {
         let replies: Vec<Value> = pipe.query_async(&mut self.commands.clone()).await?;
         let mut replies = replies.into_iter();
 
-        let mut merged: BTreeMap<StreamId, Envelope> = BTreeMap::new();
+        let mut merged: BTreeMap<StreamId, ReplayItem> = BTreeMap::new();
         let mut ends: HashMap<Arc<str>, Position> = HashMap::new();
         for ((channel, t), (plan, late)) in topics.iter().zip(plans) {
             let meta_seq: u64 = match replies.next() {
@@ -313,32 +323,75 @@ impl Sessions {
                 })
             };
             for e in entries.into_iter().filter(|e| !received_late(&e.src)) {
-                merged.entry(e.src).or_insert(e.envelope);
+                merged
+                    .entry(e.src)
+                    .or_insert(ReplayItem::History(e.envelope));
             }
             for _ in 0..late {
                 for e in history::parse_entries(replies.next().unwrap_or(Value::Nil)) {
                     if e.envelope.seq > t.base.seq && !t.ahead.contains(&e.src) {
-                        merged.entry(e.src).or_insert(e.envelope);
+                        merged
+                            .entry(e.src)
+                            .or_insert(ReplayItem::History(e.envelope));
                     }
                 }
+            }
+        }
+
+        let skip = |item: &Buffered, ends: &HashMap<Arc<str>, Position>| {
+            merged.contains_key(&item.src)
+                || ends
+                    .get(&item.channel)
+                    .is_some_and(|end| item.seq <= end.seq)
+                || offset.is_some_and(|x| item.src <= x)
+        };
+        // The history was read at one instant, but fanout partitions publish at their own
+        // pace: a message older than the newest one read may still be on its way, and must not
+        // be sent after it. Wait until live delivery is past the newest one read; then every
+        // older message is in the history read or in the buffer, and goes in order with them.
+        if let (Some(&newest), Some(released)) = (merged.keys().next_back(), &self.released) {
+            let mut released = released.clone();
+            let caught_up = tokio::time::timeout(
+                self.request_timeout,
+                released.wait_for(|upto| *upto >= newest),
+            )
+            .await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                return Err(RestoreError::Ordering);
+            }
+            let mut live: Vec<Buffered> = buffer.take_upto(newest);
+            live.retain(|item| !skip(item, &ends));
+            for item in live {
+                let end = ends.entry(item.channel.clone()).or_default();
+                if item.seq > end.seq {
+                    *end = Position {
+                        seq: item.seq,
+                        src: item.src,
+                    };
+                }
+                merged.insert(item.src, ReplayItem::Live(item.packet));
             }
         }
 
         // One gateway sends in publish order; so does the replay, across all rooms, each message
         // once even when it targeted several of the socket's rooms.
         let mut replayed = HashSet::with_capacity(merged.len());
-        for (src, envelope) in merged {
+        for (src, item) in merged {
             replayed.insert(src);
-            if !envelope.body.except.is_empty() && socket.in_any(&envelope.body.except) {
-                continue;
-            }
+            let packet = match item {
+                ReplayItem::History(envelope) => {
+                    if !envelope.body.except.is_empty() && socket.in_any(&envelope.body.except) {
+                        continue;
+                    }
+                    event_packet(&envelope.body, Some(src))
+                }
+                // Filtered (`except`) when it was delivered into the buffer.
+                ReplayItem::Live(packet) => packet,
+            };
             self.stats.replayed_events.inc();
             // A replay can be longer than the connection's queue: wait for the client to drain.
             socket
-                .emit_patiently(
-                    event_packet(&envelope.body, Some(src)),
-                    self.request_timeout,
-                )
+                .emit_patiently(packet, self.request_timeout)
                 .await
                 .map_err(|_| RestoreError::ClientGone)?;
         }
@@ -429,6 +482,13 @@ fn offset_order(topics: &[(Arc<str>, &TopicPosition)], offset: Option<StreamId>)
         .flat_map(|(_, t)| &t.late)
         .find(|l| l.src == x)
         .map(|l| l.order)
+}
+
+/// One message of a replay: from the history, or a live message that arrived in the buffer and
+/// is older than the newest history entry (sent in publish order with them).
+enum ReplayItem {
+    History(Envelope),
+    Live(Str),
 }
 
 /// Where a topic's replay starts reading history.

@@ -1,7 +1,7 @@
 //! The gateway's counters. Kept as plain atomics so the hot paths pay one relaxed add; the
 //! operations issue exports them as Prometheus metrics.
 
-use roomcast_shared::counter::Counter;
+use roomcast_shared::counter::{Counter, Gauge};
 
 #[derive(Debug, Default)]
 pub(crate) struct GatewayStats {
@@ -20,13 +20,21 @@ pub(crate) struct GatewayStats {
     pub(crate) subscription_reconnects: Counter,
     /// Liveness probes of the subscription connection that went unanswered.
     pub(crate) probe_failures: Counter,
+    /// Messages released before every fanout partition was known to be done up to them (a
+    /// partition stalled longer than DELIVERY_ORDER_WAIT_MS, or too many were held).
+    pub(crate) order_forced: Counter,
+    /// Messages sent after a message with a larger source id (gap repairs, forced releases);
+    /// recovery records them.
+    pub(crate) late_deliveries: Counter,
+    /// Messages held now, waiting for slower fanout partitions.
+    pub(crate) order_held: Gauge,
 }
 
 impl GatewayStats {
     /// One line for the shutdown log.
     pub(crate) fn summary(&self) -> String {
         format!(
-            "recoveries={} recoveries_failed={} replayed_events={} gaps_repaired={} gap_messages={} gaps_unrepaired={} subscription_reconnects={} probe_failures={}",
+            "recoveries={} recoveries_failed={} replayed_events={} gaps_repaired={} gap_messages={} gaps_unrepaired={} subscription_reconnects={} probe_failures={} order_forced={} late_deliveries={}",
             self.recoveries.get(),
             self.recoveries_failed.get(),
             self.replayed_events.get(),
@@ -35,6 +43,8 @@ impl GatewayStats {
             self.gaps_unrepaired.get(),
             self.subscription_reconnects.get(),
             self.probe_failures.get(),
+            self.order_forced.get(),
+            self.late_deliveries.get(),
         )
     }
 }
