@@ -692,6 +692,12 @@ class Cluster {
     return f;
   }
 
+  /** SIGTERM to a fanout replica: it finishes its batch and gives its partitions up. */
+  async stopFanout(which) {
+    const exit = await this.fanoutReplica(which).proc.stop();
+    assert.equal(exit.code, 0, `${this.fanoutReplica(which).id} exits 0 after SIGTERM: ${JSON.stringify(exit)}`);
+  }
+
   /** `kill -9` of a fanout replica (a crash: its leases stay until they expire). */
   async killFanout(which) {
     await this.fanoutReplica(which).proc.kill();
@@ -720,6 +726,7 @@ class Cluster {
   /** Waits until the running fanout replicas share every partition fairly (each its share). */
   async waitPartitionsShared(timeout = STARTUP_TIMEOUT_MS) {
     const running = () => this.fanouts.filter((f) => f.proc && f.proc.running);
+    if (running().length === 0) return;
     await eventually(
       async () => {
         const owned = await Promise.all(running().map(async (f) => ((await this.fanoutStats(f.id)) || {}).partitions_owned || 0));
