@@ -7,8 +7,9 @@
 //! `ENTRIES` publish requests are written to a side stream, the fanout processes are started and
 //! left to share the partitions, then the side stream is renamed into the publish stream in one
 //! step and the clock runs until every partition's cursor has passed the last entry. Reported:
-//! entries/s, messages the subscriber received, and the CPU seconds the fanouts and Redis spent
-//! (Redis is one thread: when it is near one core per second, it is the limit).
+//! entries/s, messages the subscriber received, the CPU seconds the fanouts, Redis and the
+//! subscriber spent, and how busy that made the machine (Redis is one thread: when it is near one
+//! core per second, it is the limit; when the machine is near 100%, the cores are).
 
 use std::{
     io::Write as _,
@@ -58,6 +59,8 @@ struct Run {
     delivered: u64,
     fanout_cpu: f64,
     redis_cpu: f64,
+    /// This process (the stand-in gateway reading every message).
+    reader_cpu: f64,
 }
 
 #[tokio::main]
@@ -87,13 +90,17 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("run with {replicas} replica(s)"))?;
         writeln!(
             out,
-            "  {} replica(s): {:>8.0} entries/s  ({:.2} s; {} messages delivered; CPU: fanouts {:.2} s, redis {:.2} s)",
+            "  {} replica(s): {:>8.0} entries/s  ({:.2} s; {} messages delivered; CPU s: fanouts {:.2}, redis {:.2}, subscriber {:.2}; machine {:.0}% busy)",
             run.replicas,
             args.entries as f64 / run.seconds,
             run.seconds,
             run.delivered,
             run.fanout_cpu,
-            run.redis_cpu
+            run.redis_cpu,
+            run.reader_cpu,
+            100.0 * (run.fanout_cpu + run.redis_cpu + run.reader_cpu)
+                / (run.seconds
+                    * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64))
         )?;
         runs.push(run);
     }
@@ -175,6 +182,7 @@ async fn measure(args: &Args, replicas: usize) -> anyhow::Result<Run> {
         .await?;
         let fanout_cpu_before: f64 = fanouts.iter().map(|c| cpu_seconds(c.id())).sum();
         let redis_cpu_before = redis_cpu(&mut conn).await?;
+        let reader_cpu_before = cpu_seconds(std::process::id());
 
         let started = Instant::now();
         redis::cmd("RENAME")
@@ -192,6 +200,7 @@ async fn measure(args: &Args, replicas: usize) -> anyhow::Result<Run> {
         let fanout_cpu: f64 =
             fanouts.iter().map(|c| cpu_seconds(c.id())).sum::<f64>() - fanout_cpu_before;
         let redis_cpu = redis_cpu(&mut conn).await? - redis_cpu_before;
+        let reader_cpu = cpu_seconds(std::process::id()) - reader_cpu_before;
         // Let the last messages reach the subscriber.
         let expected = args.entries as u64;
         let _ = wait_until("messages delivered", Duration::from_secs(30), || {
@@ -205,6 +214,7 @@ async fn measure(args: &Args, replicas: usize) -> anyhow::Result<Run> {
             delivered: delivered.load(Ordering::Relaxed),
             fanout_cpu,
             redis_cpu,
+            reader_cpu,
         })
     }
     .await;
