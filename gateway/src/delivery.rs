@@ -350,8 +350,8 @@ impl Delivery {
     }
 
     /// When held messages run out of patience (`None`: nothing held).
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.order.as_ref().and_then(Orderer::next_deadline)
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        self.order.as_mut().and_then(Orderer::next_deadline)
     }
 
     /// Delivers every held message whose turn has come, smallest source id first.

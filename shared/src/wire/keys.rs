@@ -215,4 +215,18 @@ mod tests {
         assert_eq!(tag(t.channel()), tag(&t.history_key()));
         assert_eq!(tag(t.channel()), tag(&t.hold_key()));
     }
+
+    /// A partition's lease and cursor are one slot: its scripts touch a single slot.
+    #[test]
+    fn a_partitions_keys_share_one_slot() {
+        let p = KeySpace::new("p").partition(7, 16);
+        let slot = |k: &str| crate::wire::hash_slot(k.as_bytes());
+        assert_eq!(slot(&p.lease()), slot(&p.cursor()));
+        assert_eq!(slot(&p.lease()), slot("{7/16}"));
+        assert_ne!(
+            p.cursor(),
+            KeySpace::new("p").partition(7, 32).cursor(),
+            "another partition count, other keys"
+        );
+    }
 }
