@@ -48,12 +48,17 @@ test(`Redis killed and restarted from its AOF while ${ROOMS.length} rooms × ${P
   await eventually(() => publisherRedis.status === "ready", { message: "publisher connected" });
   const publisher = publishPaced(publisherRedis, cluster.keys().publish, { rooms: ROOMS, perRoom: PER_ROOM, tickMs: 25 });
 
-  // Readiness of every component, sampled until the end of the outage.
+  // Readiness of every component, sampled until the end of the outage (and at every check).
   const seen = new Map(cluster.components().map((c) => [c.id, new Set()]));
+  const readyz = async () => {
+    const statuses = await cluster.readyz();
+    for (const [id, status] of Object.entries(statuses)) seen.get(id).add(status);
+    return statuses;
+  };
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
-      for (const [id, status] of Object.entries(await cluster.readyz())) seen.get(id).add(status);
+      await readyz();
       await delay(100);
     }
   })();
@@ -61,15 +66,13 @@ test(`Redis killed and restarted from its AOF while ${ROOMS.length} rooms × ${P
   await publisher.until(PER_ROOM / 3);
   await cluster.redisServer.kill();
   const down = publisher.published();
-  await eventually(
-    async () => Object.values(await cluster.readyz()).every((s) => s === 503),
-    { message: "every fanout and gateway /readyz is 503 while Redis is down" }
-  );
+  await eventually(async () => Object.values(await readyz()).every((s) => s === 503), {
+    message: "every fanout and gateway /readyz is 503 while Redis is down",
+  });
   await cluster.redisServer.start(); // same port and directory: loads the AOF
-  await eventually(
-    async () => Object.values(await cluster.readyz()).every((s) => s === 200),
-    { message: "every fanout and gateway /readyz is 200 again" }
-  );
+  await eventually(async () => Object.values(await readyz()).every((s) => s === 200), {
+    message: "every fanout and gateway /readyz is 200 again",
+  });
   const up = publisher.published();
   sampling = false;
   await sampler;
