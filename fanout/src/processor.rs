@@ -389,6 +389,8 @@ impl Processor {
             if !reload {
                 return Ok(());
             }
+            self.stats.retries.inc();
+            debug!("script cache was flushed; loading the scripts again to commit");
             let (shas, commit_sha, lease_sha) = load_scripts(&mut session.conn).await?;
             session.shas = shas;
             session.commit_sha = commit_sha;

@@ -55,7 +55,8 @@ pub struct StatsSnapshot {
     pub committed: u64,
     /// Batches read and applied.
     pub batches: u64,
-    /// Re-executions of script calls after a retryable error (`NOSCRIPT`, `OOM`, ...).
+    /// Re-executions of script calls (or of a commit) after a retryable error (`NOSCRIPT`,
+    /// `OOM`, ...).
     pub retries: u64,
     /// Failed Redis sessions of the stream reader (each one a reconnect).
     pub redis_errors: u64,

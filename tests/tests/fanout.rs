@@ -1367,6 +1367,11 @@ async fn two_owners_of_the_same_partitions_still_apply_each_entry_once_in_order(
         .map(|(_, f)| String::from_utf8_lossy(&f[f.len() - 1].1).into_owned())
         .collect();
     assert_eq!(dead, refused, "each refused entry dead-lettered once");
+    // The slower of the two goes through everything too (as no-ops).
+    eventually("both committed every entry", || async move {
+        ra.stats().committed >= 3010 && rb.stats().committed >= 3010
+    })
+    .await;
     let sa = a.stop().await.expect("clean shutdown");
     let sb = b.stop().await.expect("clean shutdown");
     assert_eq!(sa.published + sb.published, 3000, "{sa:?} {sb:?}");
