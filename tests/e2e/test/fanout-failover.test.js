@@ -1,7 +1,8 @@
 "use strict";
 // Fanout replicas under crashes. Three replicas share the partitions; 20 rooms × 1,000 events
 // are published at a steady rate (one event per room every 20 ms); meanwhile a replica picked at
-// random is `kill -9`ed at a random point, four times, and started again a random number of
+// random is `kill -9`ed at a random point (in the middle of a batch when it can catch one), four
+// times, and started again a random number of
 // events later (a new process: the survivors take its partitions when its leases expire, and
 // give some back when it returns). Clients of both gateways (the official client) and every
 // room's history must show every room's sequence complete, in publish order, without
@@ -12,7 +13,7 @@
 const { test } = require("node:test");
 const assert = require("node:assert/strict");
 const { useCluster, eventually } = require("../lib/cluster");
-const { publishPaced, roomCollector, readHistory, assertRoomSequence, partitionsDone, firstDescent } = require("../lib/fanout");
+const { publishPaced, roomCollector, readHistory, assertRoomSequence, partitionsDone, firstDescent, delay } = require("../lib/fanout");
 
 const ROOMS = Array.from({ length: 20 }, (_, k) => `chaos-${k}`);
 const PER_ROOM = 1000;
@@ -64,7 +65,13 @@ test(`3 fanout replicas, ${ROOMS.length} rooms × ${PER_ROOM} events at a steady
     const restartAt = killAt + 20 + Math.floor(random() * slot * 0.4);
     const victim = Math.floor(random() * cluster.fanouts.length);
     await publisher.until(killAt);
-    const before = await cluster.fanoutStats(victim);
+    // Preferably in the middle of a batch (read, not committed): look for one for a moment.
+    let before = null;
+    for (let tries = 0; tries < 100; tries++) {
+      before = await cluster.fanoutStats(victim);
+      if (before && before.in_flight > 0) break;
+      await delay(5);
+    }
     await cluster.killFanout(victim);
     story.push(`round ${publisher.published()}: kill -9 ${cluster.fanouts[victim].id} (owned ${before && before.partitions_owned}, in flight ${before && before.in_flight})`);
     // The survivors take its partitions over once its leases expire.
