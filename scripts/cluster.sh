@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a Roomcast cluster locally: Redis on 6379 (started here unless one already answers there),
-# the fanout (admin on :9090) and two gateways (:3001, :3002), built with `cargo build` (debug:
+# two fanout replicas (admin on :9090, :9091) and two gateways (:3001, :3002), built with `cargo build` (debug:
 # quick to build; pass --release for an optimised build). Prints the URLs, a ready-to-paste
 # `redis-cli XADD` and a tiny client, then shows the logs until Ctrl-C, and stops what it started.
 #
@@ -28,7 +28,7 @@ esac
 
 HOST="${HOST:-127.0.0.1}"
 REDIS_PORT="${REDIS_PORT:-6379}"
-FANOUT_PORT=9090
+FANOUT_PORTS=(9090 9091)
 GATEWAY_PORTS=(3001 3002)
 RUN_DIR="$ROOT/.run"
 BIN_DIR="${ROOMCAST_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/$profile}"
@@ -94,7 +94,7 @@ for bin in roomcast-gateway roomcast-fanout; do
   [ -x "$BIN_DIR/$bin" ] || die "$BIN_DIR/$bin is missing"
 done
 
-for port in "$FANOUT_PORT" "${GATEWAY_PORTS[@]}"; do
+for port in "${FANOUT_PORTS[@]}" "${GATEWAY_PORTS[@]}"; do
   port_busy "$port" && die "port $port is already in use (another scripts/cluster.sh?)"
 done
 
@@ -102,14 +102,19 @@ step "starting fanout and gateways"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG="${RUST_LOG:-info}"
 # No load balancer to wait for locally: Ctrl-C stops the gateways within a second.
 export DRAIN_DELAY_MS="${DRAIN_DELAY_MS:-0}" DRAIN_PERIOD_MS="${DRAIN_PERIOD_MS:-500}"
-start fanout "$RUN_DIR/fanout.log" env ADMIN_ADDR="$HOST:$FANOUT_PORT" "$BIN_DIR/roomcast-fanout"
+fanout_names=(fanout-1 fanout-2)
+for i in 0 1; do
+  start "${fanout_names[$i]}" "$RUN_DIR/${fanout_names[$i]}.log" \
+    env ADMIN_ADDR="$HOST:${FANOUT_PORTS[$i]}" FANOUT_REPLICA_ID="${fanout_names[$i]}" "$BIN_DIR/roomcast-fanout"
+done
 gateway_names=(gw-1 gw-2)
 for i in 0 1; do
   start "${gateway_names[$i]}" "$RUN_DIR/${gateway_names[$i]}.log" \
     env LISTEN_ADDR="$HOST:${GATEWAY_PORTS[$i]}" GATEWAY_ID="${gateway_names[$i]}" "$BIN_DIR/roomcast-gateway"
 done
 
-ready_urls=("http://$url_host:$FANOUT_PORT/readyz")
+ready_urls=()
+for port in "${FANOUT_PORTS[@]}"; do ready_urls+=("http://$url_host:$port/readyz"); done
 for port in "${GATEWAY_PORTS[@]}"; do ready_urls+=("http://$url_host:$port/readyz"); done
 for _ in $(seq 300); do
   all=1
@@ -133,9 +138,10 @@ cat <<EOF
 Roomcast is running ($profile build):
   gateway gw-1   http://$url_host:3001   (Socket.IO at /socket.io/, /healthz, /readyz)
   gateway gw-2   http://$url_host:3002
-  fanout admin   http://$url_host:$FANOUT_PORT/healthz   http://$url_host:$FANOUT_PORT/readyz
+  fanout-1 admin http://$url_host:${FANOUT_PORTS[0]}/readyz   http://$url_host:${FANOUT_PORTS[0]}/stats
+  fanout-2 admin http://$url_host:${FANOUT_PORTS[1]}/readyz   http://$url_host:${FANOUT_PORTS[1]}/stats
   redis          redis://127.0.0.1:$REDIS_PORT
-  logs           .run/{fanout,gw-1,gw-2}.log
+  logs           .run/{fanout-1,fanout-2,gw-1,gw-2}.log
 
 Listen as a client (another terminal; needs \`npm ci\` in tests/e2e once):
   cd tests/e2e && node -e '$client_snippet'

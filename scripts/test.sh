@@ -2,7 +2,7 @@
 # Runs the whole test suite, on a fresh machine too:
 #   format check, clippy (warnings are errors), build, Rust tests, fuzzing of the parsers
 #   (scripts/fuzz.sh, about 6 minutes), then the end-to-end suite (tests/e2e: real
-#   redis-server, 2 gateways, 1 fanout, the official Node and Python clients).
+#   redis-server, 2 gateways, 2 fanout replicas, the official Node and Python clients).
 # Installs what is missing first: redis-server (apt-get, when root), the e2e Node packages
 # (npm ci), python-socketio (pip, into tests/e2e/.venv unless python3 already has it).
 #
@@ -75,7 +75,7 @@ if [ "$e2e_only" = 0 ]; then
 fi
 
 export ROOMCAST_BIN_DIR="${ROOMCAST_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}"
-# One test file at a time (each starts its own Redis + 3 services; the machine has 2 cores).
+# One test file at a time (each starts its own Redis + 4 services; the machine has 2 cores).
 # --test-timeout is a safety net per test; --test-force-exit keeps a leaked handle from hanging CI.
 cd "$E2E_DIR"
 if [ ${#e2e_files[@]} -eq 0 ]; then e2e_files=(test/); fi

@@ -1,12 +1,16 @@
-//! Turns one batch of stream entries into one pipeline: in stream order, a sequencing-script call
-//! per target topic and a dead-letter `XADD` per invalid entry, then one `XACK` for the whole
-//! batch (`settle` interprets the replies).
+//! Turns one batch of stream entries into script calls: for each topic of a partition this
+//! replica owns, **one** `topic_publish.lua` call carrying all of the batch's entries for that
+//! topic in stream order, and one `dead_letter.lua` call for the refused entries (when it owns
+//! the dead-letter partition). One call per topic is what keeps a room's entries in order under
+//! errors: a call is applied as a prefix of its entries, so retrying it after an error applies
+//! exactly the rest, and no later entry of the room can have gone ahead of a failed one.
+//! (`settle` interprets the replies.)
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use redis::{Value, aio::ConnectionLike};
 use roomcast_shared::wire::{
-    EnvelopeBody, KeySpace, PublishLimits, PublishRequest, StreamId, Target, Topic,
+    EnvelopeBody, KeySpace, PublishLimits, PublishRequest, StreamId, Target, Topic, partition_of,
 };
 use tracing::{Span, debug, info_span};
 
@@ -15,17 +19,23 @@ use crate::{
     stream_reply::{Fields, StreamEntry},
 };
 
-/// A pipeline is split into chunks of about this many argument bytes, so that a batch of large
-/// or many-room entries does not build one huge request buffer. Chunks go out back to back on
-/// the same connection, so the order (and the XACK coming last) is unchanged.
-const CHUNK_BYTES: usize = 8 << 20;
+/// A call carries at most about this many argument bytes; a topic with more entries in one batch
+/// gets several calls, in consecutive rounds. Also the size of one pipeline.
+pub(crate) const CHUNK_BYTES: usize = 8 << 20;
+
+/// `dead_letter.lua` unpacks an entry's fields into one `XADD`; Lua 5.1 cannot unpack much more
+/// than 8,000 values, so an entry with more field items is dead-lettered with a plain `XADD`.
+const MAX_SCRIPT_DEAD_ITEMS: usize = 7_000;
+
+/// The partition whose owner writes the dead letters: one fixed owner, so each refused entry is
+/// written once (and in stream order, which `dead_letter.lua`'s duplicate check relies on).
+pub(crate) const DEAD_LETTER_PARTITION: u16 = 0;
 
 /// Where a batch's commands go.
 #[derive(Debug, Clone)]
 pub(crate) struct BatchContext {
     pub(crate) keys: KeySpace,
     pub(crate) stream: String,
-    pub(crate) group: String,
     pub(crate) dead_stream: String,
     pub(crate) dead_letter_maxlen: usize,
     pub(crate) limits: PublishLimits,
@@ -33,93 +43,231 @@ pub(crate) struct BatchContext {
     pub(crate) history_max_len: usize,
     /// History retention in ms (the recovery window); 0 = no history.
     pub(crate) history_retention_ms: u64,
+    /// `FANOUT_PARTITIONS`.
+    pub(crate) partitions: u16,
 }
 
-/// What remains to be executed for a batch.
+/// SHA1s of the scripts, loaded on the connection's server.
+#[derive(Debug, Clone)]
+pub(crate) struct Shas {
+    pub(crate) topic: String,
+    pub(crate) dead: String,
+}
+
+/// The partitions this replica applies in one batch, with their cursors: an entry is applied to
+/// a partition only if it comes after the partition's cursor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ownership {
+    cursors: HashMap<u16, StreamId>,
+}
+
+impl Ownership {
+    pub(crate) fn new(cursors: impl IntoIterator<Item = (u16, StreamId)>) -> Self {
+        Self {
+            cursors: cursors.into_iter().collect(),
+        }
+    }
+
+    pub(crate) fn applies(&self, partition: u16, id: StreamId) -> bool {
+        self.cursors.get(&partition).is_some_and(|c| id > *c)
+    }
+}
+
+/// One entry's part of a topic call.
+#[derive(Debug)]
+pub(crate) struct TopicItem {
+    pub(crate) id: Arc<str>,
+    /// The entry's span, so a call's outcome is logged in each entry's context.
+    pub(crate) span: Span,
+    pub(crate) body: Arc<[u8]>,
+}
+
+/// One refused entry.
+#[derive(Debug)]
+pub(crate) struct DeadItem {
+    pub(crate) id: Arc<str>,
+    pub(crate) span: Span,
+    pub(crate) fields: Fields,
+    pub(crate) error: String,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Debug)]
+pub(crate) enum Call {
+    /// One `EVALSHA topic_publish.lua` for one topic.
+    Topic { topic: Topic, items: Vec<TopicItem> },
+    /// One `EVALSHA dead_letter.lua`.
+    Dead { items: Vec<DeadItem> },
+    /// A plain `XADD` to the dead-letter stream, for an entry with too many fields for the
+    /// script (not protected against a duplicate after a crash).
+    RawDead { item: DeadItem },
+}
+
+/// A batch's calls, in rounds: a round holds at most one call per topic (and one dead-letter
+/// call), and starts only when the previous one is done.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    pub(crate) ops: Vec<Op>,
-    /// Ids still to acknowledge; empty once the `XACK` went through.
-    pub(crate) ack: Vec<Arc<str>>,
-}
-
-/// One command of a plan, with the entry it belongs to.
-#[derive(Debug)]
-pub(crate) struct Op {
-    pub(crate) id: Arc<str>,
-    /// The entry's span, so a command's outcome is logged in its entry's context.
-    pub(crate) span: Span,
-    pub(crate) kind: OpKind,
-}
-
-#[derive(Debug)]
-pub(crate) enum OpKind {
-    /// One `EVALSHA` of the sequencing script for one topic.
-    Publish { topic: Topic, body: Arc<[u8]> },
-    /// One `XADD` to the dead-letter stream.
-    DeadLetter {
-        fields: Fields,
-        error: String,
-        reason: &'static str,
-    },
-}
-
-/// The replies to one execution of a plan, in command order.
-#[derive(Debug)]
-pub(crate) struct Replies {
-    pub(crate) ops: Vec<Value>,
-    /// The `XACK` reply, when one was sent.
-    pub(crate) ack: Option<Value>,
+    pub(crate) rounds: Vec<Vec<Call>>,
+    /// Entries the plan covers (the batch).
+    pub(crate) entries: usize,
 }
 
 impl Plan {
-    /// Validates every entry and lays out its commands. Pure: no I/O.
+    /// Validates every entry and lays out the calls for the partitions in `owned`. Pure: no I/O.
     pub(crate) fn build(
         entries: Vec<StreamEntry>,
         ctx: &BatchContext,
+        owned: &Ownership,
         stats: &FanoutStats,
     ) -> Self {
-        let mut plan = Self {
-            ops: Vec::with_capacity(entries.len()),
-            ack: Vec::with_capacity(entries.len()),
-        };
+        let count = entries.len();
+        let mut topics: Vec<(Topic, Vec<TopicItem>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut dead: Vec<DeadItem> = Vec::new();
         for entry in entries {
             stats.entries.inc();
-            let id: Arc<str> = entry.id.into();
-            let span = info_span!("entry", id = %id);
-            plan.ack.push(id.clone());
-            let Some(fields) = entry.fields else {
-                span.in_scope(|| debug!("entry deleted while pending; acknowledging it"));
-                stats.deleted.inc();
+            let Some(sid) = StreamId::parse(&entry.id) else {
+                // Redis returns complete ids; a garbled one can only be skipped.
+                debug!(id = %entry.id, "entry with an unparsable id skipped");
                 continue;
             };
-            for kind in span.in_scope(|| plan_entry(&id, fields, ctx)) {
-                plan.ops.push(Op {
-                    id: id.clone(),
-                    span: span.clone(),
-                    kind,
-                });
+            let Some(fields) = entry.fields else {
+                continue;
+            };
+            let id: Arc<str> = entry.id.into();
+            let span = info_span!("entry", id = %id);
+            let routed = span.in_scope(|| route(&id, sid, fields, ctx, owned));
+            match routed {
+                Routed::Nothing => {}
+                Routed::Dead {
+                    fields,
+                    error,
+                    reason,
+                } => {
+                    if owned.applies(DEAD_LETTER_PARTITION, sid) {
+                        dead.push(DeadItem {
+                            id,
+                            span,
+                            fields,
+                            error,
+                            reason,
+                        });
+                    }
+                }
+                Routed::Topics(list, body) => {
+                    for topic in list {
+                        let item = TopicItem {
+                            id: id.clone(),
+                            span: span.clone(),
+                            body: body.clone(),
+                        };
+                        match index.get(topic.channel()) {
+                            Some(&i) => topics[i].1.push(item),
+                            None => {
+                                index.insert(topic.channel().to_owned(), topics.len());
+                                topics.push((topic, vec![item]));
+                            }
+                        }
+                    }
+                }
             }
+        }
+
+        let mut plan = Self {
+            rounds: Vec::new(),
+            entries: count,
+        };
+        for (topic, items) in topics {
+            for (round, chunk) in chunk_by_bytes(items, |i| i.body.len() + 32)
+                .into_iter()
+                .enumerate()
+            {
+                plan.push(
+                    round,
+                    Call::Topic {
+                        topic: topic.clone(),
+                        items: chunk,
+                    },
+                );
+            }
+        }
+        // Dead letters in stream order, one call per round: a script call for runs of ordinary
+        // entries, a plain XADD for an entry with too many fields.
+        let mut round = 0;
+        let mut run = Vec::new();
+        for item in dead {
+            if dead_items(&item) > MAX_SCRIPT_DEAD_ITEMS {
+                for chunk in chunk_by_bytes(std::mem::take(&mut run), dead_size) {
+                    plan.push(round, Call::Dead { items: chunk });
+                    round += 1;
+                }
+                plan.push(round, Call::RawDead { item });
+                round += 1;
+            } else {
+                run.push(item);
+            }
+        }
+        for chunk in chunk_by_bytes(run, dead_size) {
+            plan.push(round, Call::Dead { items: chunk });
+            round += 1;
         }
         plan
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.ack.is_empty()
-    }
-
-    /// True once the batch's `XACK` went through: from then on the entries are no longer
-    /// pending, and any leftover command exists only in this plan.
-    pub(crate) fn is_acked(&self) -> bool {
-        self.ack.is_empty()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.ops.len() + usize::from(!self.ack.is_empty())
+    fn push(&mut self, round: usize, call: Call) {
+        while self.rounds.len() <= round {
+            self.rounds.push(Vec::new());
+        }
+        self.rounds[round].push(call);
     }
 }
 
-fn plan_entry(id: &str, fields: Fields, ctx: &BatchContext) -> Vec<OpKind> {
+fn dead_items(item: &DeadItem) -> usize {
+    item.fields.len() * 2
+}
+
+fn dead_size(item: &DeadItem) -> usize {
+    64 + item.error.len()
+        + item
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+}
+
+/// Splits `items` into runs of about `CHUNK_BYTES` (each run has at least one item).
+fn chunk_by_bytes<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        match out.last_mut() {
+            Some(last) if bytes + n <= CHUNK_BYTES => {
+                last.push(item);
+                bytes += n;
+            }
+            _ => {
+                out.push(vec![item]);
+                bytes = n;
+            }
+        }
+    }
+    out
+}
+
+enum Routed {
+    /// Valid, but none of its topics is in a partition this replica applies now.
+    Nothing,
+    Dead {
+        fields: Fields,
+        error: String,
+        reason: &'static str,
+    },
+    Topics(Vec<Topic>, Arc<[u8]>),
+}
+
+/// Validates an entry and picks the topics this replica applies it to.
+fn route(id: &str, sid: StreamId, fields: Fields, ctx: &BatchContext, owned: &Ownership) -> Routed {
     let parsed = PublishRequest::parse(
         fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
         ctx.limits,
@@ -127,11 +275,11 @@ fn plan_entry(id: &str, fields: Fields, ctx: &BatchContext) -> Vec<OpKind> {
     let request = match parsed {
         Ok(request) => request,
         Err(err) => {
-            return vec![OpKind::DeadLetter {
-                fields,
+            return Routed::Dead {
                 error: err.to_string(),
                 reason: err.reason(),
-            }];
+                fields,
+            };
         }
     };
     let (topics, rooms) = match request.target {
@@ -139,59 +287,80 @@ fn plan_entry(id: &str, fields: Fields, ctx: &BatchContext) -> Vec<OpKind> {
             rooms
                 .iter()
                 .map(|room| ctx.keys.room(&request.nsp, room))
-                .collect(),
+                .collect::<Vec<_>>(),
             rooms,
         ),
         Target::Namespace => (vec![ctx.keys.namespace(&request.nsp)], Vec::new()),
     };
+    let mine: Vec<Topic> = topics
+        .into_iter()
+        .filter(|t| owned.applies(partition_of(t, ctx.partitions), sid))
+        .collect();
+    if mine.is_empty() {
+        return Routed::Nothing;
+    }
     let body = EnvelopeBody {
         source_id: id.to_owned(),
         nsp: request.nsp,
         rooms,
         except: request.except,
         data: request.data,
-        published_at_ms: StreamId::parse(id).map_or(0, |id| id.ms),
+        published_at_ms: sid.ms,
         traceparent: request.traceparent,
     };
     // Encoded once and shared by every topic of the request.
-    let body: Arc<[u8]> = match body.encode() {
-        Ok(bytes) => bytes.into(),
-        Err(err) => {
-            return vec![OpKind::DeadLetter {
-                fields,
-                error: err.to_string(),
-                reason: "encode",
-            }];
-        }
-    };
-    topics
-        .into_iter()
-        .map(|topic| OpKind::Publish {
-            topic,
-            body: body.clone(),
-        })
-        .collect()
+    match body.encode() {
+        Ok(bytes) => Routed::Topics(mine, bytes.into()),
+        Err(err) => Routed::Dead {
+            fields,
+            error: err.to_string(),
+            reason: "encode",
+        },
+    }
 }
 
-impl Op {
-    fn add_to(&self, pipe: &mut redis::Pipeline, ctx: &BatchContext, sha: &str) -> usize {
-        match &self.kind {
-            OpKind::Publish { topic, body } => {
-                pipe.cmd("EVALSHA")
-                    .arg(sha)
+impl Call {
+    /// Adds the call to a pipeline; returns about how many bytes it carries.
+    fn add_to(&self, pipe: &mut redis::Pipeline, ctx: &BatchContext, shas: &Shas) -> usize {
+        match self {
+            Self::Topic { topic, items } => {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(&shas.topic)
                     .arg(4)
                     .arg(topic.meta_key())
                     .arg(topic.members_key())
                     .arg(topic.history_key())
                     .arg(topic.hold_key())
                     .arg(topic.channel())
-                    .arg(&*self.id)
-                    .arg(&**body)
                     .arg(ctx.history_max_len)
                     .arg(ctx.history_retention_ms);
-                body.len() + 5 * topic.channel().len() + 96
+                let mut size = 5 * topic.channel().len() + 64;
+                for item in items {
+                    cmd.arg(&*item.id).arg(&*item.body);
+                    size += item.id.len() + item.body.len();
+                }
+                size
             }
-            OpKind::DeadLetter { fields, error, .. } => {
+            Self::Dead { items } => {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(&shas.dead)
+                    .arg(1)
+                    .arg(&ctx.dead_stream)
+                    .arg(ctx.dead_letter_maxlen);
+                let mut size = 64;
+                for item in items {
+                    cmd.arg(&*item.id).arg(dead_items(item));
+                    for (name, value) in &item.fields {
+                        cmd.arg(name).arg(value);
+                    }
+                    cmd.arg(&item.error);
+                    size += dead_size(item);
+                }
+                size
+            }
+            Self::RawDead { item } => {
                 let cmd = pipe
                     .cmd("XADD")
                     .arg(&ctx.dead_stream)
@@ -199,57 +368,42 @@ impl Op {
                     .arg("~")
                     .arg(ctx.dead_letter_maxlen)
                     .arg("*");
-                let mut size = 64;
-                for (name, value) in fields {
+                for (name, value) in &item.fields {
                     cmd.arg(name).arg(value);
-                    size += name.len() + value.len();
                 }
-                cmd.arg("error").arg(error).arg("source_id").arg(&*self.id);
-                size + error.len()
+                cmd.arg("error")
+                    .arg(&item.error)
+                    .arg("source_id")
+                    .arg(&*item.id);
+                dead_size(item)
             }
         }
     }
 }
 
-/// Runs the plan's commands, in order, in as few pipelines as the chunk budget allows (one for
-/// a normal batch), with the `XACK` last. An `Err` is a connection-level failure: some commands
-/// may have run, the replies are lost.
+/// Runs the calls of one round in as few pipelines as the chunk budget allows (one for a normal
+/// batch) and returns one reply per call, in order. Per-command errors come back in place as
+/// `Value::ServerError`; an `Err` is a connection-level failure (some calls may have run).
 pub(crate) async fn execute<C: ConnectionLike>(
     conn: &mut C,
     ctx: &BatchContext,
-    sha: &str,
-    plan: &Plan,
-) -> redis::RedisResult<Replies> {
-    let mut replies = Replies {
-        ops: Vec::with_capacity(plan.ops.len()),
-        ack: None,
-    };
+    shas: &Shas,
+    calls: &[Call],
+) -> redis::RedisResult<Vec<Value>> {
+    let mut replies = Vec::with_capacity(calls.len());
     let mut start = 0;
-    loop {
+    while start < calls.len() {
         let mut pipe = redis::pipe();
-        // Per-command errors come back as `Value::ServerError` in place, so each op is judged
-        // on its own instead of the whole pipeline failing.
         pipe.ignore_errors();
         let mut bytes = 0;
         let mut end = start;
-        while end < plan.ops.len() && (end == start || bytes < CHUNK_BYTES) {
-            bytes += plan.ops[end].add_to(&mut pipe, ctx, sha);
+        while end < calls.len() && (end == start || bytes < CHUNK_BYTES) {
+            bytes += calls[end].add_to(&mut pipe, ctx, shas);
             end += 1;
         }
-        let last = end == plan.ops.len();
-        let with_ack = last && !plan.ack.is_empty();
-        if with_ack {
-            let cmd = pipe.cmd("XACK").arg(&ctx.stream).arg(&ctx.group);
-            for id in &plan.ack {
-                cmd.arg(&**id);
-            }
-        }
-        if pipe.is_empty() {
-            return Ok(replies);
-        }
-        let expected = pipe.len();
-        let mut values = match pipe.query_async::<Value>(conn).await? {
-            Value::Array(values) if values.len() == expected => values,
+        let expected = end - start;
+        match pipe.query_async::<Value>(conn).await? {
+            Value::Array(values) if values.len() == expected => replies.extend(values),
             other => {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::Parse,
@@ -260,21 +414,15 @@ pub(crate) async fn execute<C: ConnectionLike>(
                         .collect::<String>(),
                 )));
             }
-        };
-        if with_ack {
-            replies.ack = values.pop();
-        }
-        replies.ops.extend(values);
-        if last {
-            return Ok(replies);
         }
         start = end;
     }
+    Ok(replies)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use roomcast_shared::wire::Envelope;
+    use roomcast_shared::wire::{Envelope, KeySpace};
 
     use super::*;
 
@@ -284,7 +432,6 @@ pub(crate) mod tests {
             stream: keys.publish_stream(),
             dead_stream: keys.dead_letter_stream(),
             keys,
-            group: "g".into(),
             dead_letter_maxlen: 1000,
             limits: PublishLimits {
                 max_entry_bytes: 4096,
@@ -292,7 +439,13 @@ pub(crate) mod tests {
             },
             history_max_len: 100,
             history_retention_ms: 60_000,
+            partitions: 4,
         }
+    }
+
+    /// Owns every partition of `ctx()`, nothing done yet.
+    pub(crate) fn all() -> Ownership {
+        Ownership::new((0..4).map(|p| (p, StreamId::default())))
     }
 
     pub(crate) fn entry(id: &str, fields: &[(&str, &str)]) -> StreamEntry {
@@ -307,8 +460,35 @@ pub(crate) mod tests {
         }
     }
 
+    fn describe(plan: &Plan) -> Vec<Vec<String>> {
+        plan.rounds
+            .iter()
+            .map(|round| {
+                round
+                    .iter()
+                    .map(|call| match call {
+                        Call::Topic { topic, items } => format!(
+                            "{} {}",
+                            topic.channel(),
+                            items.iter().map(|i| &*i.id).collect::<Vec<_>>().join(",")
+                        ),
+                        Call::Dead { items } => format!(
+                            "dead {}",
+                            items
+                                .iter()
+                                .map(|i| format!("{}:{}", i.id, i.reason))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                        Call::RawDead { item } => format!("raw-dead {}", item.id),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
-    fn plan_lays_out_commands_in_stream_order() {
+    fn one_call_per_topic_with_its_entries_in_stream_order() {
         let stats = FanoutStats::default();
         let entries = vec![
             entry(
@@ -326,43 +506,96 @@ pub(crate) mod tests {
                 fields: None,
             },
             entry("10-3", &[("event", "tick"), ("nsp", "/admin")]),
+            entry("10-4", &[("room", "a"), ("event", "m")]),
+            entry("10-5", &[("romm", "a"), ("event", "m")]),
         ];
-        let plan = Plan::build(entries, &ctx(), &stats);
+        let plan = Plan::build(entries, &ctx(), &all(), &stats);
+        assert_eq!(plan.entries, 6);
         assert_eq!(
-            plan.ack.iter().map(|id| &**id).collect::<Vec<_>>(),
-            ["10-0", "10-1", "10-2", "10-3"]
+            describe(&plan),
+            [[
+                "t:room:{/#a} 10-0,10-4",
+                "t:room:{/#b} 10-0",
+                "t:nsp:{/admin} 10-3",
+                "dead 10-1:invalid_event,10-5:unknown_field"
+            ]]
         );
-        let kinds: Vec<String> = plan
-            .ops
-            .iter()
-            .map(|op| match &op.kind {
-                OpKind::Publish { topic, .. } => format!("{} {}", op.id, topic.channel()),
-                OpKind::DeadLetter { reason, .. } => format!("{} dead {reason}", op.id),
-            })
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                "10-0 t:room:{/#a}",
-                "10-0 t:room:{/#b}",
-                "10-1 dead invalid_event",
-                "10-3 t:nsp:{/admin}"
-            ]
-        );
-        let OpKind::Publish { body, .. } = &plan.ops[0].kind else {
-            panic!("publish")
+        let Call::Topic { items, .. } = &plan.rounds[0][0] else {
+            panic!("topic call")
         };
-        let env = Envelope::decode(&Envelope::encode(1, body).expect("encodes")).expect("decodes");
+        let env =
+            Envelope::decode(&Envelope::encode(1, &items[0].body).expect("encodes")).expect("ok");
         assert_eq!(env.body.source_id, "10-0");
         assert_eq!(env.body.rooms, ["a", "b"]);
         assert_eq!(env.body.except, ["x"]);
         assert_eq!(env.body.data, r#"["m",1]"#);
         assert_eq!(env.body.published_at_ms, 10);
-        let OpKind::Publish { body: second, .. } = &plan.ops[1].kind else {
-            panic!("publish")
+        let Call::Topic { items: b, .. } = &plan.rounds[0][1] else {
+            panic!("topic call")
         };
-        assert!(Arc::ptr_eq(body, second), "body encoded once per request");
-        let snap = stats.snapshot();
-        assert_eq!((snap.entries, snap.deleted), (4, 1));
+        assert!(
+            Arc::ptr_eq(&items[0].body, &b[0].body),
+            "body encoded once per request"
+        );
+        assert_eq!(stats.snapshot().entries, 6);
+    }
+
+    #[test]
+    fn only_owned_partitions_after_their_cursor() {
+        let stats = FanoutStats::default();
+        let c = ctx();
+        let pa = partition_of(&c.keys.room("/", "a"), 4);
+        let pb = partition_of(&c.keys.room("/", "b"), 4);
+        assert_ne!(pa, pb, "the test needs rooms in different partitions");
+        let entries = || {
+            vec![
+                entry("10-0", &[("rooms", r#"["a","b"]"#), ("event", "m")]),
+                entry("11-0", &[("room", "a"), ("event", "m")]),
+                entry("12-0", &[("romm", "a"), ("event", "m")]),
+            ]
+        };
+        // Owns a's partition only, done up to 10-0 there; not the dead-letter partition
+        // (unless a's partition is partition 0).
+        let owned = Ownership::new([(pa, StreamId { ms: 10, seq: 0 })]);
+        let plan = Plan::build(entries(), &c, &owned, &stats);
+        let mut expected = vec!["t:room:{/#a} 11-0".to_owned()];
+        if pa == DEAD_LETTER_PARTITION {
+            expected.push("dead 12-0:unknown_field".into());
+        }
+        assert_eq!(describe(&plan), [expected]);
+        let none = Plan::build(entries(), &c, &Ownership::default(), &stats);
+        assert!(none.rounds.is_empty());
+        assert_eq!(none.entries, 3);
+    }
+
+    #[test]
+    fn large_topics_and_huge_dead_letters_are_split_into_rounds() {
+        let stats = FanoutStats::default();
+        let mut c = ctx();
+        c.limits.max_entry_bytes = 10 << 20;
+        let big = format!(r#""{}""#, "x".repeat(3 << 20));
+        let mut entries: Vec<StreamEntry> = (0..5)
+            .map(|i| {
+                entry(
+                    &format!("1-{i}"),
+                    &[("room", "a"), ("event", "m"), ("data", &big)],
+                )
+            })
+            .collect();
+        let many: Vec<(String, String)> =
+            (0..4000).map(|i| (format!("f{i}"), "v".into())).collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        entries.push(entry("2-0", &[("romm", "a")]));
+        entries.push(entry("2-1", &refs));
+        entries.push(entry("2-2", &[("romm", "b")]));
+        let plan = Plan::build(entries, &c, &all(), &stats);
+        assert_eq!(
+            describe(&plan),
+            [
+                vec!["t:room:{/#a} 1-0,1-1", "dead 2-0:unknown_field"],
+                vec!["t:room:{/#a} 1-2,1-3", "raw-dead 2-1"],
+                vec!["t:room:{/#a} 1-4", "dead 2-2:unknown_field"],
+            ]
+        );
     }
 }

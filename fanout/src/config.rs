@@ -3,8 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use roomcast_shared::config::{
-    RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_positive,
+use roomcast_shared::{
+    config::{RecoveryArgs, RedisArgs, ShutdownArgs, TelemetryArgs, parse_millis, parse_positive},
+    wire::MAX_PARTITIONS,
 };
 
 /// Consumes the publish stream and sequences every request into its room and namespace topics.
@@ -29,29 +30,56 @@ pub struct FanoutConfig {
     )]
     pub admin_addr: SocketAddr,
 
-    /// Consumer group on the publish stream; replicas of one deployment share it.
-    /// Default `roomcast-fanout`.
+    /// Number of partitions the topics (rooms and namespaces) are split into; each partition has
+    /// exactly one active owner among the replicas, which keeps every room in publish order.
+    /// All replicas must use the same value: changing it starts new partition cursors (the
+    /// remaining stream is read again, and what was already applied is skipped). 1 to 1024.
+    /// Default 16.
     #[arg(
-        long = "fanout-group",
-        env = "FANOUT_GROUP",
-        value_name = "FANOUT_GROUP",
-        default_value = "roomcast-fanout",
-        value_parser = parse_name
+        long = "fanout-partitions",
+        env = "FANOUT_PARTITIONS",
+        value_name = "FANOUT_PARTITIONS",
+        default_value = "16",
+        value_parser = parse_partitions
     )]
-    pub group: String,
+    pub partitions: u16,
 
-    /// Consumer name within the group; must be unique per replica. Default: the hostname (the
-    /// pod name in Kubernetes).
+    /// This replica's id in partition leases and the replica registry; must be unique per
+    /// running process. Default: the hostname (the pod name in Kubernetes) plus a random suffix.
     #[arg(
-        long = "fanout-consumer",
-        env = "FANOUT_CONSUMER",
-        value_name = "FANOUT_CONSUMER",
-        default_value_t = default_consumer(),
-        value_parser = parse_name
+        long = "fanout-replica-id",
+        env = "FANOUT_REPLICA_ID",
+        value_name = "FANOUT_REPLICA_ID",
+        default_value_t = default_replica_id(),
+        value_parser = parse_replica_id
     )]
-    pub consumer: String,
+    pub replica_id: String,
 
-    /// Most entries read per `XREADGROUP` (the batch size; bounds memory). Default 500.
+    /// How long a partition lease (and a replica's registration) lasts without renewal, in
+    /// milliseconds: after a crash, another replica takes the partitions over within about this
+    /// long. Default 3000.
+    #[arg(
+        long = "fanout-lease-ttl-ms",
+        env = "FANOUT_LEASE_TTL_MS",
+        value_name = "FANOUT_LEASE_TTL_MS",
+        default_value = "3000",
+        value_parser = parse_millis
+    )]
+    pub lease_ttl: Duration,
+
+    /// How often a replica renews its leases and heartbeat, and rebalances (takes free
+    /// partitions up to its fair share, gives up those above it), in milliseconds; must be well
+    /// below FANOUT_LEASE_TTL_MS. Default 750.
+    #[arg(
+        long = "fanout-lease-renew-ms",
+        env = "FANOUT_LEASE_RENEW_MS",
+        value_name = "FANOUT_LEASE_RENEW_MS",
+        default_value = "750",
+        value_parser = parse_millis
+    )]
+    pub lease_renew: Duration,
+
+    /// Most entries read per `XREAD` (the batch size; bounds memory). Default 500.
     #[arg(
         long = "fanout-batch-size",
         env = "FANOUT_BATCH_SIZE",
@@ -61,7 +89,8 @@ pub struct FanoutConfig {
     )]
     pub batch_size: usize,
 
-    /// How long one `XREADGROUP` waits for new entries, in milliseconds. Default 2000.
+    /// How long one `XREAD` waits for new entries, in milliseconds; an idle replica announces its
+    /// progress and gives up partitions it should no longer own at least this often. Default 2000.
     #[arg(
         long = "fanout-block-ms",
         env = "FANOUT_BLOCK_MS",
@@ -103,19 +132,9 @@ pub struct FanoutConfig {
     )]
     pub dead_letter_maxlen: usize,
 
-    /// How long an entry must have been pending with another consumer before this one claims
-    /// it, in milliseconds. Default 30000.
-    #[arg(
-        long = "claim-min-idle-ms",
-        env = "CLAIM_MIN_IDLE_MS",
-        value_name = "CLAIM_MIN_IDLE_MS",
-        default_value = "30000",
-        value_parser = parse_millis
-    )]
-    pub claim_min_idle: Duration,
-
-    /// How often the publish stream is trimmed to what every consumer group has acknowledged,
-    /// in milliseconds. Default 10000.
+    /// How often the publish stream is trimmed to what every partition has done (and every other
+    /// consumer group has acknowledged), and the lag is measured and logged, in milliseconds.
+    /// Default 10000.
     #[arg(
         long = "fanout-trim-interval-ms",
         env = "FANOUT_TRIM_INTERVAL_MS",
@@ -125,27 +144,64 @@ pub struct FanoutConfig {
     )]
     pub trim_interval: Duration,
 
-    /// Graceful shutdown (finishing the in-flight batch).
+    /// Graceful shutdown (finishing the in-flight batch, giving the leases up).
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
 
-fn parse_name(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        return Err("must not be empty".into());
+fn parse_partitions(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(n) if (1..=MAX_PARTITIONS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a whole number from 1 to {MAX_PARTITIONS}"
+        )),
     }
-    Ok(s.to_owned())
 }
 
-/// The hostname is the pod name in Kubernetes: unique per replica and stable across restarts
-/// of the same pod, so its pending entries are picked up again by itself.
-fn default_consumer() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        // Without a hostname, a random name at least keeps two replicas apart.
-        .unwrap_or_else(|| format!("fanout-{:016x}", rand::random::<u64>()))
+fn parse_replica_id(s: &str) -> Result<String, String> {
+    // The id is stored as a lease value and a sorted-set member: keep it plain.
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1 to 128 letters, digits or '-_.:'".into())
+    }
+}
+
+/// The hostname (the pod name in Kubernetes) plus a random suffix: unique per process, so a
+/// restarted replica never mistakes the leases of its predecessor (which may still be running,
+/// cut off) for its own.
+fn default_replica_id() -> String {
+    let host: String = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(100)
+        .collect();
+    let host = if host.is_empty() {
+        "fanout".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+impl FanoutConfig {
+    /// Settings that are valid one by one but not together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lease_renew >= self.lease_ttl {
+            return Err(format!(
+                "FANOUT_LEASE_RENEW_MS ({} ms) must be below FANOUT_LEASE_TTL_MS ({} ms)",
+                self.lease_renew.as_millis(),
+                self.lease_ttl.as_millis()
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -156,14 +212,16 @@ mod tests {
     fn defaults() {
         let c = FanoutConfig::try_parse_from(["roomcast-fanout"]).expect("defaults parse");
         assert_eq!(c.admin_addr, "0.0.0.0:9090".parse().expect("addr"));
-        assert_eq!(c.group, "roomcast-fanout");
-        assert!(!c.consumer.is_empty());
+        assert_eq!(c.partitions, 16);
+        assert!(c.replica_id.len() > 9, "hostname-suffix: {}", c.replica_id);
+        assert_eq!(c.lease_ttl, Duration::from_millis(3000));
+        assert_eq!(c.lease_renew, Duration::from_millis(750));
+        assert!(c.check().is_ok());
         assert_eq!(c.batch_size, 500);
         assert_eq!(c.block, Duration::from_millis(2000));
         assert_eq!(c.max_publish_bytes, 1_000_000);
         assert_eq!(c.max_publish_rooms, 1000);
         assert_eq!(c.dead_letter_maxlen, 100_000);
-        assert_eq!(c.claim_min_idle, Duration::from_secs(30));
         assert_eq!(c.trim_interval, Duration::from_secs(10));
         assert_eq!(c.shutdown.timeout, Duration::from_secs(10));
         assert_eq!(c.redis.key_prefix, "socket.io");
@@ -173,15 +231,18 @@ mod tests {
     fn flags_override_defaults() {
         let c = FanoutConfig::try_parse_from([
             "roomcast-fanout",
-            "--fanout-consumer",
+            "--fanout-replica-id",
             "pod-7",
+            "--fanout-partitions",
+            "4",
             "--fanout-batch-size",
             "10",
             "--fanout-block-ms",
             "250",
         ])
         .expect("parses");
-        assert_eq!(c.consumer, "pod-7");
+        assert_eq!(c.replica_id, "pod-7");
+        assert_eq!(c.partitions, 4);
         assert_eq!(c.batch_size, 10);
         assert_eq!(c.block, Duration::from_millis(250));
     }
@@ -192,13 +253,31 @@ mod tests {
             ("--fanout-batch-size", "0", "FANOUT_BATCH_SIZE"),
             ("--fanout-block-ms", "2s", "FANOUT_BLOCK_MS"),
             ("--admin-addr", "nowhere", "ADMIN_ADDR"),
-            ("--fanout-consumer", "", "FANOUT_CONSUMER"),
-            ("--claim-min-idle-ms", "0", "CLAIM_MIN_IDLE_MS"),
+            ("--fanout-replica-id", "", "FANOUT_REPLICA_ID"),
+            ("--fanout-replica-id", "a{b}", "FANOUT_REPLICA_ID"),
+            ("--fanout-partitions", "0", "FANOUT_PARTITIONS"),
+            ("--fanout-partitions", "1025", "FANOUT_PARTITIONS"),
+            ("--fanout-lease-ttl-ms", "0", "FANOUT_LEASE_TTL_MS"),
+            ("--fanout-lease-renew-ms", "soon", "FANOUT_LEASE_RENEW_MS"),
         ];
         for (flag, value, env) in cases {
             let err = FanoutConfig::try_parse_from(["roomcast-fanout", flag, value])
                 .expect_err("must be refused");
             assert!(err.to_string().contains(env), "{flag}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn renewal_must_be_faster_than_expiry() {
+        let c = FanoutConfig::try_parse_from([
+            "roomcast-fanout",
+            "--fanout-lease-ttl-ms",
+            "1000",
+            "--fanout-lease-renew-ms",
+            "1000",
+        ])
+        .expect("each value parses");
+        let err = c.check().expect_err("refused together");
+        assert!(err.contains("FANOUT_LEASE_RENEW_MS"), "{err}");
     }
 }

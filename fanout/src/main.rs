@@ -10,6 +10,11 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = parse_or_exit::<FanoutConfig>();
+    if let Err(error) = config.check() {
+        // Like a bad single value (parse_or_exit): the message names the settings, exit 64.
+        eprintln!("roomcast-fanout: {error}");
+        return ExitCode::from(64);
+    }
     if let Err(error) = telemetry::init(&config.telemetry) {
         eprintln!("roomcast-fanout: cannot set up logging: {error:#}");
         return ExitCode::FAILURE;

@@ -1,78 +1,24 @@
-//! Interprets the replies to one execution of a batch's pipeline: records what happened (stats,
-//! per-entry logs), drops what cannot succeed, and keeps what must be retried, in order.
+//! Interprets the replies to one round of a batch's calls: records what happened (stats,
+//! per-entry logs), drops what cannot succeed, and keeps what must be retried.
 
 use redis::Value;
 use tracing::{debug, error, warn};
 
 use crate::{
-    batch::{Op, OpKind, Plan, Replies},
+    batch::{Call, DeadItem, TopicItem},
     stats::FanoutStats,
 };
 
-/// The outcome of interpreting replies.
-#[derive(Debug)]
+/// The outcome of interpreting one round's replies.
+#[derive(Debug, Default)]
 pub(crate) struct Settled {
-    /// Commands that failed with a retryable error, in their original order.
-    pub(crate) leftover: Plan,
-    /// The script cache was flushed (`NOSCRIPT`): load it again before retrying.
+    /// Calls that failed with a retryable error, to run again (whole: a call applied only a
+    /// prefix of its entries, and running it again applies exactly the rest).
+    pub(crate) leftover: Vec<Call>,
+    /// The script cache was flushed (`NOSCRIPT`): load the scripts again before retrying.
     pub(crate) reload_script: bool,
     /// The first retryable error other than `NOSCRIPT`, if any.
     pub(crate) transient: Option<String>,
-}
-
-impl Op {
-    /// Records a reply that is not an error.
-    fn record(self, reply: Value, stats: &FanoutStats) {
-        let _enter = self.span.enter();
-        match self.kind {
-            OpKind::Publish { topic, .. } => match script_reply(&reply) {
-                Some((1, seq, receivers)) => {
-                    stats.published.inc();
-                    stats.receivers.add(u64::try_from(receivers).unwrap_or(0));
-                    debug!(topic = topic.channel(), seq, receivers, "published");
-                }
-                Some((0, ..)) => {
-                    stats.unheld.inc();
-                    debug!(
-                        topic = topic.channel(),
-                        "no gateway holds the topic; nothing published"
-                    );
-                }
-                Some((-1, seq, _)) => {
-                    stats.duplicates.inc();
-                    debug!(
-                        topic = topic.channel(),
-                        last_seq = seq,
-                        "already sequenced; redelivery skipped"
-                    );
-                }
-                _ => {
-                    stats.dropped.inc();
-                    error!(
-                        topic = topic.channel(),
-                        ?reply,
-                        "unexpected reply from the sequencing script"
-                    );
-                }
-            },
-            OpKind::DeadLetter { error, reason, .. } => {
-                stats.dead_lettered.inc();
-                warn!(%error, reason, id = %self.id, "dead-lettered publish entry");
-            }
-        }
-    }
-}
-
-fn script_reply(reply: &Value) -> Option<(i64, i64, i64)> {
-    match reply {
-        Value::Array(items) => match items.as_slice() {
-            [Value::Int(status), Value::Int(seq), Value::Int(receivers)] => {
-                Some((*status, *seq, *receivers))
-            }
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 /// How a per-command error is handled.
@@ -96,64 +42,168 @@ fn classify(code: &str) -> Failure {
     }
 }
 
-/// Interprets the replies of one execution: records successes, logs and drops permanent
-/// failures, and returns the commands to retry.
-pub(crate) fn settle(plan: Plan, replies: Replies, stats: &FanoutStats) -> Settled {
-    let Plan { ops, ack } = plan;
-    let mut settled = Settled {
-        leftover: Plan::default(),
-        reload_script: false,
-        transient: None,
-    };
-    let mut replies_iter = replies.ops.into_iter();
-    for op in ops {
-        let Some(reply) = replies_iter.next() else {
+/// Interprets the replies of one round (one per call, in order).
+pub(crate) fn settle(calls: Vec<Call>, replies: Vec<Value>, stats: &FanoutStats) -> Settled {
+    let mut settled = Settled::default();
+    let mut replies = replies.into_iter();
+    for call in calls {
+        let Some(reply) = replies.next() else {
             // Not sent (cannot happen with a complete reply); keep it for the retry.
-            settled.leftover.ops.push(op);
+            settled.leftover.push(call);
             continue;
         };
         match reply {
-            Value::ServerError(err) => {
-                match classify(err.code()) {
-                    Failure::NoScript => {
-                        settled.reload_script = true;
-                        settled.leftover.ops.push(op);
-                    }
-                    Failure::Transient => {
-                        settled.transient.get_or_insert_with(|| err.to_string());
-                        settled.leftover.ops.push(op);
-                    }
-                    Failure::Permanent => {
-                        stats.dropped.inc();
-                        op.span.in_scope(|| error!(error = %err, "command failed and cannot be retried; dropped"));
-                    }
+            Value::ServerError(err) => match classify(err.code()) {
+                Failure::NoScript => {
+                    settled.reload_script = true;
+                    settled.leftover.push(call);
                 }
-            }
-            reply => op.record(reply, stats),
+                Failure::Transient => {
+                    settled.transient.get_or_insert_with(|| err.to_string());
+                    settled.leftover.push(call);
+                }
+                Failure::Permanent => {
+                    let error = err.to_string();
+                    for_each_span(&call, |span| {
+                        stats.dropped.inc();
+                        span.in_scope(|| {
+                            error!(%error, "command failed and cannot be retried; dropped");
+                        });
+                    });
+                }
+            },
+            reply => record(call, reply, stats),
         }
-    }
-    match replies.ack {
-        None => settled.leftover.ack = ack,
-        Some(Value::Int(n)) => stats.acked.add(u64::try_from(n).unwrap_or(0)),
-        Some(Value::ServerError(err)) if classify(err.code()) == Failure::Permanent => {
-            stats.dropped.inc();
-            error!(error = %err, ids = ack.len(), "XACK failed and cannot be retried; entries stay pending");
-        }
-        Some(Value::ServerError(err)) => {
-            settled.transient.get_or_insert_with(|| err.to_string());
-            settled.leftover.ack = ack;
-        }
-        Some(other) => error!(reply = ?other, "unexpected XACK reply"),
     }
     settled
+}
+
+fn for_each_span(call: &Call, mut f: impl FnMut(&tracing::Span)) {
+    match call {
+        Call::Topic { items, .. } => items.iter().for_each(|i| f(&i.span)),
+        Call::Dead { items } => items.iter().for_each(|i| f(&i.span)),
+        Call::RawDead { item } => f(&item.span),
+    }
+}
+
+/// Records a reply that is not an error.
+fn record(call: Call, reply: Value, stats: &FanoutStats) {
+    match call {
+        Call::Topic { topic, items } => {
+            let outcomes = script_reply(&reply, items.len());
+            let Some(outcomes) = outcomes else {
+                for item in &items {
+                    stats.dropped.inc();
+                    item.span.in_scope(|| {
+                        error!(
+                            topic = topic.channel(),
+                            ?reply,
+                            "unexpected reply from the sequencing script"
+                        );
+                    });
+                }
+                return;
+            };
+            for (item, (status, seq, receivers)) in items.iter().zip(outcomes) {
+                record_topic(item, topic.channel(), status, seq, receivers, stats);
+            }
+        }
+        Call::Dead { items } => {
+            let written = match reply {
+                Value::Int(n) => usize::try_from(n).unwrap_or(0).min(items.len()),
+                other => {
+                    error!(reply = ?other, "unexpected reply from the dead-letter script");
+                    0
+                }
+            };
+            // The script skips only entries at or before the last one already in the stream, so
+            // what it skipped is a prefix of the (stream-ordered) items.
+            let skipped = items.len() - written;
+            for (n, item) in items.iter().enumerate() {
+                if n < skipped {
+                    item.span
+                        .in_scope(|| debug!("already dead-lettered; skipped"));
+                } else {
+                    dead_lettered(item, stats);
+                }
+            }
+        }
+        Call::RawDead { item } => match reply {
+            Value::BulkString(_) | Value::SimpleString(_) => dead_lettered(&item, stats),
+            other => {
+                item.span
+                    .in_scope(|| error!(reply = ?other, "unexpected reply to a dead-letter XADD"));
+            }
+        },
+    }
+}
+
+fn dead_lettered(item: &DeadItem, stats: &FanoutStats) {
+    stats.dead_lettered.inc();
+    item.span.in_scope(|| {
+        warn!(error = %item.error, reason = item.reason, id = %item.id, "dead-lettered publish entry");
+    });
+}
+
+fn record_topic(
+    item: &TopicItem,
+    topic: &str,
+    status: i64,
+    seq: i64,
+    receivers: i64,
+    stats: &FanoutStats,
+) {
+    let _enter = item.span.enter();
+    match status {
+        1 => {
+            stats.published.inc();
+            stats.receivers.add(u64::try_from(receivers).unwrap_or(0));
+            debug!(topic, seq, receivers, "published");
+        }
+        0 => {
+            stats.unheld.inc();
+            debug!(topic, "no gateway holds the topic; nothing published");
+        }
+        -1 => {
+            stats.duplicates.inc();
+            debug!(topic, last_seq = seq, "already sequenced; skipped");
+        }
+        other => {
+            stats.dropped.inc();
+            error!(
+                topic,
+                status = other,
+                "unexpected status from the sequencing script"
+            );
+        }
+    }
+}
+
+/// `topic_publish.lua`'s reply: 3 integers per entry.
+fn script_reply(reply: &Value, entries: usize) -> Option<Vec<(i64, i64, i64)>> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    if items.len() != entries * 3 {
+        return None;
+    }
+    items
+        .chunks(3)
+        .map(|triple| match triple {
+            [Value::Int(status), Value::Int(seq), Value::Int(receivers)] => {
+                Some((*status, *seq, *receivers))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        batch::tests::{ctx, entry},
-        stream_reply::StreamEntry,
+    use crate::batch::{
+        Plan,
+        tests::{all, ctx, entry},
     };
 
     fn server_error(resp: &str) -> Value {
@@ -163,16 +213,12 @@ mod tests {
         }
     }
 
-    fn script(status: i64, seq: i64, receivers: i64) -> Value {
-        Value::Array(vec![
-            Value::Int(status),
-            Value::Int(seq),
-            Value::Int(receivers),
-        ])
+    fn ints(values: &[i64]) -> Value {
+        Value::Array(values.iter().map(|v| Value::Int(*v)).collect())
     }
 
     #[test]
-    fn settle_records_and_keeps_retryable_failures_in_order() {
+    fn settle_records_and_keeps_retryable_calls_whole() {
         let stats = FanoutStats::default();
         let entries = vec![
             entry("1-0", &[("room", "a"), ("event", "m")]),
@@ -181,22 +227,20 @@ mod tests {
             entry("1-3", &[("room", "d"), ("event", "m")]),
             entry("1-4", &[("romm", "d"), ("event", "m")]),
             entry("1-5", &[("room", "e"), ("event", "m")]),
+            entry("1-6", &[("room", "a"), ("event", "m")]),
         ];
-        let plan = Plan::build(entries, &ctx(), &stats);
-        let replies = Replies {
-            ops: vec![
-                script(1, 7, 2),
-                script(0, 0, 0),
-                server_error("-NOSCRIPT No matching script.\r\n"),
-                server_error("-OOM command not allowed when used memory > 'maxmemory'.\r\n"),
-                Value::BulkString(b"99-0".to_vec()),
-                server_error(
-                    "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
-                ),
-            ],
-            ack: Some(Value::Int(6)),
-        };
-        let settled = settle(plan, replies, &stats);
+        let mut plan = Plan::build(entries, &ctx(), &all(), &stats);
+        let calls = plan.rounds.remove(0);
+        // Calls: a (1-0, 1-6), b, c, d, e, dead (1-4).
+        let replies = vec![
+            ints(&[1, 7, 2, -1, 7, 0]),
+            ints(&[0, 0, 0]),
+            server_error("-NOSCRIPT No matching script.\r\n"),
+            server_error("-OOM command not allowed when used memory > 'maxmemory'.\r\n"),
+            server_error("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
+            Value::Int(1),
+        ];
+        let settled = settle(calls, replies, &stats);
         assert!(settled.reload_script);
         assert!(
             settled
@@ -206,61 +250,64 @@ mod tests {
             "{:?}",
             settled.transient
         );
-        assert!(settled.leftover.is_acked());
-        assert_eq!(
-            settled
-                .leftover
-                .ops
-                .iter()
-                .map(|op| &*op.id)
-                .collect::<Vec<_>>(),
-            ["1-2", "1-3"]
-        );
+        let left: Vec<&str> = settled
+            .leftover
+            .iter()
+            .map(|c| match c {
+                Call::Topic { topic, .. } => topic.channel(),
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(left, ["t:room:{/#c}", "t:room:{/#d}"]);
         let snap = stats.snapshot();
         assert_eq!(
             (
                 snap.published,
+                snap.duplicates,
                 snap.receivers,
                 snap.unheld,
                 snap.dead_lettered,
-                snap.dropped,
-                snap.acked
+                snap.dropped
             ),
-            (1, 2, 1, 1, 1, 6)
+            (1, 1, 2, 1, 1, 1)
         );
 
-        // The retry succeeds, one of them as a duplicate; nothing is left.
-        let replies = Replies {
-            ops: vec![script(1, 8, 1), script(-1, 8, 0)],
-            ack: None,
-        };
-        let settled = settle(settled.leftover, replies, &stats);
+        // The retry succeeds; nothing is left.
+        let settled = settle(
+            settled.leftover,
+            vec![ints(&[1, 8, 1]), ints(&[1, 3, 1])],
+            &stats,
+        );
         assert!(settled.leftover.is_empty());
         assert!(!settled.reload_script && settled.transient.is_none());
-        assert_eq!(stats.snapshot().duplicates, 1);
+        assert_eq!(stats.snapshot().published, 3);
     }
 
     #[test]
-    fn failed_ack_is_retried() {
+    fn dead_letters_skipped_as_duplicates_are_a_prefix() {
         let stats = FanoutStats::default();
-        let plan = Plan::build(
-            vec![StreamEntry {
-                id: "1-0".into(),
-                fields: None,
-            }],
-            &ctx(),
-            &stats,
-        );
-        let replies = Replies {
-            ops: vec![],
-            ack: Some(server_error(
-                "-READONLY You can't write against a read only replica.\r\n",
-            )),
-        };
-        let settled = settle(plan, replies, &stats);
-        assert!(!settled.leftover.is_acked());
-        assert_eq!(settled.leftover.len(), 1);
-        assert!(settled.transient.is_some());
+        let entries = vec![
+            entry("1-0", &[("romm", "a")]),
+            entry("1-1", &[("romm", "a")]),
+            entry("1-2", &[("romm", "a")]),
+        ];
+        let mut plan = Plan::build(entries, &ctx(), &all(), &stats);
+        let settled = settle(plan.rounds.remove(0), vec![Value::Int(1)], &stats);
+        assert!(settled.leftover.is_empty());
+        assert_eq!(stats.snapshot().dead_lettered, 1);
+    }
+
+    #[test]
+    fn a_malformed_script_reply_drops_the_calls_entries() {
+        let stats = FanoutStats::default();
+        let entries = vec![
+            entry("1-0", &[("room", "a"), ("event", "m")]),
+            entry("1-1", &[("room", "a"), ("event", "m")]),
+        ];
+        let mut plan = Plan::build(entries, &ctx(), &all(), &stats);
+        let settled = settle(plan.rounds.remove(0), vec![ints(&[1, 1, 1])], &stats);
+        assert!(settled.leftover.is_empty());
+        assert_eq!(stats.snapshot().dropped, 2);
     }
 
     #[test]

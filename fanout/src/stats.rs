@@ -1,82 +1,116 @@
-//! Counters of what the fanout did, shared between its tasks and readable by tests (and, later,
-//! exported as Prometheus metrics).
+//! Counters and gauges of what the fanout did and how far behind it is, shared between its tasks,
+//! readable by tests and served as JSON on the admin endpoint's `/stats` (Prometheus export
+//! comes later).
 
-use roomcast_shared::counter::Counter;
+use roomcast_shared::counter::{Counter, Gauge};
+use serde::Serialize;
 
-/// Monotonic counters since start. Cheap to update from any task.
+/// Monotonic counters since start, and current levels (gauges). Cheap to update from any task.
 #[derive(Debug, Default)]
 pub struct FanoutStats {
     pub(crate) entries: Counter,
-    pub(crate) deleted: Counter,
-    pub(crate) claimed: Counter,
     pub(crate) published: Counter,
     pub(crate) unheld: Counter,
     pub(crate) duplicates: Counter,
     pub(crate) receivers: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) dropped: Counter,
-    pub(crate) acked: Counter,
+    pub(crate) committed: Counter,
     pub(crate) batches: Counter,
     pub(crate) retries: Counter,
     pub(crate) redis_errors: Counter,
     pub(crate) trim_runs: Counter,
     pub(crate) trimmed: Counter,
+    pub(crate) progress_published: Counter,
+    pub(crate) leases_acquired: Counter,
+    pub(crate) leases_lost: Counter,
+    pub(crate) leases_released: Counter,
+    pub(crate) partitions_owned: Gauge,
+    pub(crate) live_replicas: Gauge,
+    pub(crate) in_flight: Gauge,
+    pub(crate) backlog: Gauge,
+    pub(crate) oldest_unprocessed_age_ms: Gauge,
 }
 
 /// A point-in-time copy of [`FanoutStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
-    /// Stream entries handled (valid, invalid and deleted-while-pending).
+    /// Stream entries read (every replica reads every entry; it applies those of its partitions).
     pub entries: u64,
-    /// Entries whose fields were gone (deleted while pending); acked without effect.
-    pub deleted: u64,
-    /// Entries taken over with `XAUTOCLAIM` (start-up and periodic).
-    pub claimed: u64,
-    /// Topic publishes that reached the channel (script status 1).
+    /// Topic publishes that reached the channel or history (script status 1).
     pub published: u64,
     /// Topic publishes skipped because no gateway holds the topic (status 0).
     pub unheld: u64,
-    /// Topic publishes skipped as redeliveries of an already sequenced entry (status -1).
+    /// Topic publishes skipped as re-applications of an already sequenced entry (status -1).
     pub duplicates: u64,
     /// Sum of gateways reached over all publishes.
     pub receivers: u64,
-    /// Invalid entries written to the dead-letter stream.
+    /// Invalid entries written to the dead-letter stream (by the owner of partition 0).
     pub dead_lettered: u64,
-    /// Commands given up on after a non-retryable Redis error (logged at error).
+    /// Entry effects given up on after a non-retryable Redis error (logged at error).
     pub dropped: u64,
-    /// Entries acknowledged (`XACK` replies).
-    pub acked: u64,
-    /// Batches processed.
+    /// Entries whose batch was committed: every effect in Redis, the partition cursors moved
+    /// past them.
+    pub committed: u64,
+    /// Batches read and applied.
     pub batches: u64,
-    /// Re-executions of commands after a retryable error (`NOSCRIPT`, `OOM`, ...).
+    /// Re-executions of script calls (or of a commit) after a retryable error (`NOSCRIPT`,
+    /// `OOM`, ...).
     pub retries: u64,
-    /// Failed Redis sessions (each one a reconnect).
+    /// Failed Redis sessions of the stream reader (each one a reconnect).
     pub redis_errors: u64,
     /// Completed trim passes over the publish stream.
     pub trim_runs: u64,
     /// Entries removed from the publish stream by trimming.
     pub trimmed: u64,
+    /// Progress announcements published for gateways.
+    pub progress_published: u64,
+    /// Partition leases taken.
+    pub leases_acquired: u64,
+    /// Partition leases found taken by another replica or expired.
+    pub leases_lost: u64,
+    /// Partition leases given up (rebalancing, shutdown).
+    pub leases_released: u64,
+    /// Partitions this replica owns now.
+    pub partitions_owned: u64,
+    /// Live replicas (registered, heartbeat not expired) at the last renewal.
+    pub live_replicas: u64,
+    /// Entries of the batch being applied (read, not yet committed); 0 between batches.
+    pub in_flight: u64,
+    /// Length of the publish stream right after the last trim: entries not yet done by every
+    /// partition (plus at most a stream node of done ones, and what other groups still need).
+    pub backlog: u64,
+    /// Age of the oldest entry this replica's partitions have not done yet, at the last
+    /// measurement (0: caught up).
+    pub oldest_unprocessed_age_ms: u64,
 }
 
 impl FanoutStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             entries: self.entries.get(),
-            deleted: self.deleted.get(),
-            claimed: self.claimed.get(),
             published: self.published.get(),
             unheld: self.unheld.get(),
             duplicates: self.duplicates.get(),
             receivers: self.receivers.get(),
             dead_lettered: self.dead_lettered.get(),
             dropped: self.dropped.get(),
-            acked: self.acked.get(),
+            committed: self.committed.get(),
             batches: self.batches.get(),
             retries: self.retries.get(),
             redis_errors: self.redis_errors.get(),
             trim_runs: self.trim_runs.get(),
             trimmed: self.trimmed.get(),
+            progress_published: self.progress_published.get(),
+            leases_acquired: self.leases_acquired.get(),
+            leases_lost: self.leases_lost.get(),
+            leases_released: self.leases_released.get(),
+            partitions_owned: self.partitions_owned.get(),
+            live_replicas: self.live_replicas.get(),
+            in_flight: self.in_flight.get(),
+            backlog: self.backlog.get(),
+            oldest_unprocessed_age_ms: self.oldest_unprocessed_age_ms.get(),
         }
     }
 }

@@ -1,6 +1,6 @@
-//! Parsing of raw `XREADGROUP` and `XAUTOCLAIM` replies into entries whose fields stay raw and in
-//! Redis order. The redis crate's `StreamReadReply` keeps fields in a `HashMap`, which loses both
-//! the order (dead letters must keep it) and duplicated fields (which the contract refuses).
+//! Parsing of raw `XREAD` replies into entries whose fields stay raw and in Redis order. The
+//! redis crate's `StreamReadReply` keeps fields in a `HashMap`, which loses both the order
+//! (dead letters must keep it) and duplicated fields (which the contract refuses).
 
 use redis::Value;
 use thiserror::Error;
@@ -11,18 +11,9 @@ pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StreamEntry {
     pub(crate) id: String,
-    /// `None` when the entry was deleted from the stream while pending.
+    /// `None` when Redis sent the entry without fields (a deleted entry, as consumer-group reads
+    /// report them); skipped.
     pub(crate) fields: Option<Fields>,
-}
-
-/// One page of `XAUTOCLAIM`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClaimPage {
-    /// Where the next call starts; `0-0` when the whole pending list was scanned.
-    pub(crate) cursor: String,
-    pub(crate) entries: Vec<StreamEntry>,
-    /// Pending ids whose entries no longer exist; Redis (7.0+) removed them from the PEL.
-    pub(crate) deleted: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -39,10 +30,10 @@ fn unexpected(command: &'static str, what: &str, value: &Value) -> ReplyError {
     ReplyError { command, detail }
 }
 
-/// `XREADGROUP ... STREAMS <one stream> <id>`: nil on timeout, else `[[stream, entries]]`
-/// (RESP2) or `{stream: entries}` (RESP3).
+/// `XREAD ... STREAMS <one stream> <id>`: nil on timeout, else `[[stream, entries]]` (RESP2)
+/// or `{stream: entries}` (RESP3).
 pub(crate) fn read_reply(value: Value) -> Result<Vec<StreamEntry>, ReplyError> {
-    const CMD: &str = "XREADGROUP";
+    const CMD: &str = "XREAD";
     let streams: Vec<Value> = match value {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(streams) => streams
@@ -64,31 +55,6 @@ pub(crate) fn read_reply(value: Value) -> Result<Vec<StreamEntry>, ReplyError> {
     Ok(out)
 }
 
-/// `XAUTOCLAIM`: `[cursor, entries]` (6.2) or `[cursor, entries, deleted ids]` (7.0+).
-pub(crate) fn claim_reply(value: Value) -> Result<ClaimPage, ReplyError> {
-    const CMD: &str = "XAUTOCLAIM";
-    let parts = match value {
-        Value::Array(parts) if parts.len() == 2 || parts.len() == 3 => parts,
-        other => return Err(unexpected(CMD, "not [cursor, entries, deleted]", &other)),
-    };
-    let mut parts = parts.into_iter();
-    let cursor = string(CMD, parts.next().unwrap_or_default())?;
-    let entries = entries(CMD, parts.next().unwrap_or_default())?;
-    let deleted = match parts.next() {
-        None | Some(Value::Nil) => Vec::new(),
-        Some(Value::Array(ids)) => ids
-            .into_iter()
-            .map(|id| string(CMD, id))
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(unexpected(CMD, "deleted ids are not an array", &other)),
-    };
-    Ok(ClaimPage {
-        cursor,
-        entries,
-        deleted,
-    })
-}
-
 fn entries(command: &'static str, value: Value) -> Result<Vec<StreamEntry>, ReplyError> {
     let items = match value {
         Value::Nil => return Ok(Vec::new()),
@@ -98,8 +64,7 @@ fn entries(command: &'static str, value: Value) -> Result<Vec<StreamEntry>, Repl
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         match item {
-            // Redis 6.2's XAUTOCLAIM reports a deleted entry as a bare nil, without its id:
-            // there is nothing to ack, so it is skipped.
+            // A deleted entry without its id (as Redis 6.2 reported some): nothing to do.
             Value::Nil => {}
             Value::Array(parts) if parts.len() == 2 => {
                 let mut parts = parts.into_iter();
@@ -258,38 +223,5 @@ mod tests {
             ])]),
         ])]);
         assert!(read_reply(int_field).is_err());
-    }
-
-    #[test]
-    fn autoclaim_with_and_without_deleted_ids() {
-        let v7 = Value::Array(vec![
-            bulk("12-0"),
-            Value::Array(vec![
-                entry("10-0", &["event", "e"]),
-                entry("11-0", &["event", "f"]),
-            ]),
-            Value::Array(vec![bulk("9-0")]),
-        ]);
-        let page = claim_reply(v7).expect("parses");
-        assert_eq!(page.cursor, "12-0");
-        assert_eq!(
-            page.entries
-                .iter()
-                .map(|e| e.id.as_str())
-                .collect::<Vec<_>>(),
-            ["10-0", "11-0"]
-        );
-        assert_eq!(page.deleted, ["9-0"]);
-
-        let v62 = Value::Array(vec![
-            bulk("0-0"),
-            Value::Array(vec![Value::Nil, entry("3-0", &["event", "e"])]),
-        ]);
-        let page = claim_reply(v62).expect("parses");
-        assert_eq!(page.cursor, "0-0");
-        assert_eq!(page.entries.len(), 1);
-        assert!(page.deleted.is_empty());
-
-        assert!(claim_reply(Value::Nil).is_err());
     }
 }

@@ -1,17 +1,27 @@
-//! Periodic trimming of the publish stream (nothing else trims it) to what every consumer group
-//! has finished: per group its oldest pending entry or, with none pending, just past its last
-//! delivered one. Never removes an entry some group has not acknowledged.
+//! Periodic trimming of the publish stream (nothing else trims it) and lag measurement. The
+//! stream is trimmed to what every partition has done (the lowest partition cursor) and what
+//! every other consumer group on the stream (an audit consumer, say) has finished: per group its
+//! oldest pending entry or, with none pending, just past its last delivered one. Never removes
+//! an entry some partition or group still needs. Then it measures the backlog (the stream's
+//! length) and how old the oldest entry this replica's partitions have not done yet is, and logs
+//! them when the replica is behind.
 
 use std::{sync::Arc, time::Duration};
 
 use redis::{RedisError, Value, aio::ConnectionLike};
-use roomcast_shared::redis_conn::{Backoff, command_connection};
+use roomcast_shared::{
+    clock::unix_ms,
+    redis_conn::{Backoff, command_connection},
+    wire::{KeySpace, StreamId},
+};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{outage::Outage, stats::FanoutStats};
-use roomcast_shared::wire::StreamId;
+use crate::{leases::LeaseTable, outage::Outage, stats::FanoutStats};
+
+/// Behind by more than this (oldest entry not done yet), the lag is logged at `info`.
+const LAG_LOG_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub(crate) enum TrimError {
@@ -23,10 +33,21 @@ pub(crate) enum TrimError {
 
 pub(crate) struct Trimmer {
     client: redis::Client,
+    keys: KeySpace,
     stream: String,
     interval: Duration,
+    table: Arc<LeaseTable>,
     stats: Arc<FanoutStats>,
     outage: Outage,
+}
+
+/// What one pass found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Pass {
+    removed: u64,
+    backlog: u64,
+    /// Age of the oldest entry after the lowest cursor of this replica's partitions.
+    oldest_ms: u64,
 }
 
 /// What trimming needs to know about one consumer group.
@@ -41,14 +62,17 @@ struct GroupInfo {
 impl Trimmer {
     pub(crate) fn new(
         client: redis::Client,
-        stream: String,
+        keys: KeySpace,
         interval: Duration,
+        table: Arc<LeaseTable>,
         stats: Arc<FanoutStats>,
     ) -> Self {
         Self {
             client,
-            stream,
+            stream: keys.publish_stream(),
+            keys,
             interval,
+            table,
             stats,
             outage: Outage::new("trim", None),
         }
@@ -65,10 +89,10 @@ impl Trimmer {
                 () = tokio::time::sleep(delay) => {}
             }
             let result = match &mut conn {
-                Some(conn) => trim_once(conn, &self.stream).await,
+                Some(conn) => self.pass(conn).await,
                 None => match command_connection(&self.client).await {
                     Ok(mut new) => {
-                        let result = trim_once(&mut new, &self.stream).await;
+                        let result = self.pass(&mut new).await;
                         conn = Some(new);
                         result
                     }
@@ -76,14 +100,31 @@ impl Trimmer {
                 },
             };
             match result {
-                Ok(removed) => {
+                Ok(pass) => {
                     self.outage.succeeded();
                     backoff.reset();
                     delay = self.interval;
                     self.stats.trim_runs.inc();
-                    self.stats.trimmed.add(removed);
-                    if removed > 0 {
-                        debug!(removed, stream = %self.stream, "trimmed the publish stream");
+                    self.stats.trimmed.add(pass.removed);
+                    self.stats.backlog.set(pass.backlog);
+                    self.stats.oldest_unprocessed_age_ms.set(pass.oldest_ms);
+                    let owned = self.table.held().len();
+                    if pass.oldest_ms >= millis(LAG_LOG_AFTER) {
+                        info!(
+                            backlog = pass.backlog,
+                            oldest_unprocessed_age_ms = pass.oldest_ms,
+                            partitions = owned,
+                            in_flight = self.stats.in_flight.get(),
+                            "fanout is behind"
+                        );
+                    } else {
+                        debug!(
+                            backlog = pass.backlog,
+                            oldest_unprocessed_age_ms = pass.oldest_ms,
+                            partitions = owned,
+                            removed = pass.removed,
+                            "fanout lag"
+                        );
                     }
                 }
                 Err(error) => {
@@ -93,10 +134,82 @@ impl Trimmer {
             }
         }
     }
+
+    /// One trim and measurement pass.
+    async fn pass<C: ConnectionLike>(&self, conn: &mut C) -> Result<Pass, TrimError> {
+        let partitions = self.table.partitions();
+        let mut pipe = redis::pipe();
+        for p in 0..partitions {
+            pipe.cmd("GET")
+                .arg(self.keys.partition(p, partitions).cursor());
+        }
+        let cursors: Vec<Option<String>> = pipe.query_async(conn).await?;
+        let cursors: Vec<Option<StreamId>> = cursors
+            .iter()
+            .map(|c| c.as_deref().and_then(StreamId::parse))
+            .collect();
+        // A partition that has never committed needs the stream from its start.
+        let done_by_all: Option<StreamId> = cursors
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()
+            .and_then(|all| all.into_iter().min());
+
+        let removed = match done_by_all {
+            Some(min) => trim_once(conn, &self.stream, min.successor()).await?,
+            None => 0,
+        };
+        let backlog: u64 = redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await?;
+        let mine = self
+            .table
+            .held()
+            .into_iter()
+            .map(|p| {
+                cursors
+                    .get(usize::from(p))
+                    .copied()
+                    .flatten()
+                    .unwrap_or_default()
+            })
+            .min();
+        let oldest_ms = match mine {
+            None => 0,
+            Some(cursor) => {
+                let next: Vec<(String, Value)> = redis::cmd("XRANGE")
+                    .arg(&self.stream)
+                    .arg(format!("({cursor}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(conn)
+                    .await?;
+                next.first()
+                    .and_then(|(id, _)| StreamId::parse(id))
+                    .map_or(0, |id| unix_ms().saturating_sub(id.ms))
+            }
+        };
+        Ok(Pass {
+            removed,
+            backlog,
+            oldest_ms,
+        })
+    }
 }
 
-/// One trim pass; returns how many entries were removed.
-async fn trim_once<C: ConnectionLike>(conn: &mut C, stream: &str) -> Result<u64, TrimError> {
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Trims the stream below `below` (what every partition has done), holding back for other
+/// consumer groups; returns how many entries were removed.
+async fn trim_once<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    below: StreamId,
+) -> Result<u64, TrimError> {
     let reply = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -104,7 +217,7 @@ async fn trim_once<C: ConnectionLike>(conn: &mut C, stream: &str) -> Result<u64,
         .await;
     let reply = match reply {
         Ok(reply) => reply,
-        // The stream is gone (e.g. Redis restarted empty); the consumer creates it again.
+        // The stream is gone (e.g. Redis restarted empty); the first XADD creates it again.
         Err(e)
             if e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("no such key")) =>
         {
@@ -133,9 +246,7 @@ async fn trim_once<C: ConnectionLike>(conn: &mut C, stream: &str) -> Result<u64,
         }
     }
 
-    let Some(min_id) = safe_point(&groups) else {
-        return Ok(0);
-    };
+    let min_id = safe_point(&groups).map_or(below, |groups_need| groups_need.min(below));
     // `~`: Redis removes only whole internal nodes below the id, which is cheap and never
     // removes more than the exact trim would.
     let removed: u64 = redis::cmd("XTRIM")
@@ -146,12 +257,13 @@ async fn trim_once<C: ConnectionLike>(conn: &mut C, stream: &str) -> Result<u64,
         .query_async(conn)
         .await?;
     if removed > 0 {
-        info!(removed, min_id = %min_id, "trimmed acknowledged entries from the publish stream");
+        debug!(removed, min_id = %min_id, "trimmed done entries from the publish stream");
     }
     Ok(removed)
 }
 
-/// The lowest id any group still needs; everything below it is finished by every group.
+/// The lowest id any consumer group still needs; everything below it is finished by every group.
+/// `None` without groups.
 fn safe_point(groups: &[GroupInfo]) -> Option<StreamId> {
     groups
         .iter()

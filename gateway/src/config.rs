@@ -40,6 +40,18 @@ pub struct GatewayConfig {
     #[arg(long = "subscription-probe-interval", env = "SUBSCRIPTION_PROBE_INTERVAL_MS", value_name = "SUBSCRIPTION_PROBE_INTERVAL_MS", default_value = "5000", value_parser = parse_millis)]
     pub subscription_probe_interval: Duration,
 
+    /// Longest a message is held, in milliseconds, waiting until every fanout partition is known
+    /// to be done up to it, so that messages go out in publish order although several fanout
+    /// replicas publish concurrently (recovery relies on it). Longer than a fanout failover
+    /// (FANOUT_LEASE_TTL_MS + FANOUT_LEASE_RENEW_MS) keeps the order through a fanout crash, at
+    /// the price of a pause; 0 turns ordering off (per-room order still holds).
+    #[arg(long = "delivery-order-wait-ms", env = "DELIVERY_ORDER_WAIT_MS", value_name = "DELIVERY_ORDER_WAIT_MS", default_value = "5000", value_parser = parse_millis_or_zero)]
+    pub delivery_order_wait: Duration,
+
+    /// Most messages held for ordering at once; past it the oldest go without waiting.
+    #[arg(long = "delivery-order-max-held", env = "DELIVERY_ORDER_MAX_HELD", value_name = "DELIVERY_ORDER_MAX_HELD", default_value = "100000", value_parser = parse_positive)]
+    pub delivery_order_max_held: usize,
+
     /// Address to listen on for Socket.IO (`/socket.io/`), `/healthz` and `/readyz`.
     #[arg(
         long = "listen-addr",
@@ -352,6 +364,8 @@ mod tests {
         );
         assert_eq!(c.namespaces, vec!["/".to_owned()]);
         assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.delivery_order_wait, Duration::from_secs(5));
+        assert_eq!(c.delivery_order_max_held, 100_000);
         assert!(!c.auth.enabled());
         assert_eq!(c.auth.allowed_origins(), AllowedOrigins::Any);
     }
@@ -406,6 +420,14 @@ mod tests {
             (
                 &["gw", "--connect-burst-per-ip", "0"][..],
                 "CONNECT_BURST_PER_IP",
+            ),
+            (
+                &["gw", "--delivery-order-wait-ms", "5s"][..],
+                "DELIVERY_ORDER_WAIT_MS",
+            ),
+            (
+                &["gw", "--delivery-order-max-held", "0"][..],
+                "DELIVERY_ORDER_MAX_HELD",
             ),
         ] {
             let err = GatewayConfig::try_parse_from(args).expect_err("refused");

@@ -1,6 +1,8 @@
 //! Turns an envelope received on a topic channel into one Socket.IO packet and writes the same
-//! bytes to every local recipient. Keeps each topic's sequence contiguous: a duplicate is
-//! dropped, a gap is filled from the topic's history before the message that revealed it.
+//! bytes to every local recipient. Messages first pass the orderer (`order`), which releases
+//! them in publish order across the fanout's partitions. Keeps each topic's sequence contiguous:
+//! a duplicate is dropped, a gap is filled from the topic's history before the message that
+//! revealed it.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -10,11 +12,13 @@ use std::{
 use crate::eio::Message;
 use redis::aio::ConnectionManager;
 use roomcast_shared::wire::{
-    Envelope, EnvelopeBody, KeySpace, LateDelivery, Position, StreamId, Topic,
+    Envelope, EnvelopeBody, KeySpace, LateDelivery, Position, Progress, StreamId, Topic,
 };
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     history,
+    order::{Held, Orderer},
     replay::Buffered,
     rooms::{LocalRooms, TopicEntry},
     sio::packet,
@@ -77,6 +81,8 @@ pub(crate) struct Delivered {
     pub(crate) dropped: usize,
     /// Held back for sockets whose recovery replay is still being written.
     pub(crate) buffered: usize,
+    /// Sent after a message with a larger source id.
+    pub(crate) late: bool,
 }
 
 /// What a message needs before it can be delivered.
@@ -109,6 +115,10 @@ pub(crate) struct Delivery {
     dispatch: Dispatcher,
     commands: ConnectionManager,
     stats: Arc<GatewayStats>,
+    /// `None`: ordering off (`DELIVERY_ORDER_WAIT_MS=0`), messages go as they arrive.
+    order: Option<Orderer>,
+    /// How far messages were released, for recoveries that must wait for it.
+    released: watch::Sender<StreamId>,
 }
 
 impl Dispatcher {
@@ -124,19 +134,16 @@ impl Dispatcher {
     }
 
     /// Decodes a message and decides what it needs.
+    #[cfg(test)]
     fn check(&self, channel: &str, payload: &[u8]) -> Option<(Envelope, StreamId, Verdict)> {
-        let envelope = match Envelope::decode(payload) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                tracing::warn!(%error, channel, "dropping undecodable envelope");
-                return None;
-            }
-        };
-        let Some(src) = StreamId::parse(&envelope.body.source_id) else {
-            tracing::warn!(channel, source_id = %envelope.body.source_id, "dropping envelope with a malformed source id");
-            return None;
-        };
-        let verdict = self.rooms.with_topics(|topics| match topics.get(channel) {
+        let (envelope, src) = decode(channel, payload)?;
+        let verdict = self.verdict(channel, &envelope, src);
+        Some((envelope, src, verdict))
+    }
+
+    /// Decides what a decoded message needs.
+    fn verdict(&self, channel: &str, envelope: &Envelope, src: StreamId) -> Verdict {
+        self.rooms.with_topics(|topics| match topics.get(channel) {
             None => Verdict::Gone,
             Some(entry) => match entry.last.get() {
                 // Source ids are time-based and keep growing even when Redis lost its data and
@@ -157,40 +164,34 @@ impl Dispatcher {
                 }
                 _ => Verdict::Deliver,
             },
-        });
-        Some((envelope, src, verdict))
+        })
     }
 
     /// Delivers a message that is next in its topic, and advances the topic's position.
-    /// `late`: delivered by a gap repair, after messages up to this source id were sent.
     pub(crate) fn deliver_in_order(
         &mut self,
         channel: &str,
         envelope: &Envelope,
         src: StreamId,
     ) -> Delivered {
-        self.deliver_marked(channel, envelope, src, None)
-    }
-
-    fn deliver_marked(
-        &mut self,
-        channel: &str,
-        envelope: &Envelope,
-        src: StreamId,
-        late: Option<StreamId>,
-    ) -> Delivered {
-        self.high = self.high.max(src);
-        self.sent += 1;
-        let order = self.sent;
         let body = &envelope.body;
         let _span =
             tracing::debug_span!("deliver", source_id = %body.source_id, seq = envelope.seq)
                 .entered();
         let first_copy = body.rooms.len() <= 1 || self.recent.first_sighting(src);
+        // Sent after a message with a larger source id (a gap repair, or a release the orderer
+        // could not wait for): recovery must know, for every topic whose members get it now.
+        let late = (first_copy && src < self.high).then_some(self.high);
+        self.high = self.high.max(src);
+        self.sent += 1;
+        let order = self.sent;
         // Encoded once; every recipient gets a clone of the same reference-counted bytes.
         let packet = event_packet(body, self.recovery.then_some(src));
         let channel_arc: Arc<str> = channel.into();
-        let mut out = Delivered::default();
+        let mut out = Delivered {
+            late: late.is_some(),
+            ..Delivered::default()
+        };
         self.rooms.with_topics(|topics| {
             let Some(entry) = topics.get(channel) else {
                 return;
@@ -200,12 +201,10 @@ impl Dispatcher {
                 src,
             });
             entry.arrived(src);
-            if let Some(high) = late {
-                entry.delivered_late(LateDelivery { src, high, order });
-            }
             if !first_copy {
                 return;
             }
+            let late = late.map(|high| LateDelivery { src, high, order });
             let mut send = |entry: &TopicEntry, seen: Option<&mut HashSet<Arc<str>>>| {
                 for (id, member) in &entry.members {
                     if let Some(seen) = seen.as_ref()
@@ -255,6 +254,9 @@ impl Dispatcher {
                     let target = self.keys.room(&body.nsp, room);
                     if let Some(other) = topics.get(target.channel()) {
                         send(other, Some(&mut seen));
+                        if let Some(late) = late {
+                            other.delivered_late(late);
+                        }
                         if target.channel() != channel {
                             // Its members have it now, before that room's own copy arrives.
                             other.delivered_ahead(src);
@@ -263,6 +265,9 @@ impl Dispatcher {
                 }
             } else {
                 send(entry, None);
+                if let Some(late) = late {
+                    entry.delivered_late(late);
+                }
             }
         });
         tracing::trace!(
@@ -275,30 +280,120 @@ impl Dispatcher {
     }
 }
 
+/// Decodes an envelope and its source id; `None` (logged) for anything undeliverable.
+fn decode(channel: &str, payload: &[u8]) -> Option<(Envelope, StreamId)> {
+    let envelope = match Envelope::decode(payload) {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            tracing::warn!(%error, channel, "dropping undecodable envelope");
+            return None;
+        }
+    };
+    let Some(src) = StreamId::parse(&envelope.body.source_id) else {
+        tracing::warn!(channel, source_id = %envelope.body.source_id, "dropping envelope with a malformed source id");
+        return None;
+    };
+    Some((envelope, src))
+}
+
 impl Delivery {
     pub(crate) fn new(
         dispatch: Dispatcher,
         commands: ConnectionManager,
         stats: Arc<GatewayStats>,
+        order: Option<Orderer>,
+        released: watch::Sender<StreamId>,
     ) -> Self {
         Self {
             dispatch,
             commands,
             stats,
+            order,
+            released,
         }
     }
 
-    /// Delivers one message received on `channel`.
-    pub(crate) async fn deliver(&mut self, channel: &str, payload: &[u8]) -> Delivered {
-        let Some((envelope, src, verdict)) = self.dispatch.check(channel, payload) else {
-            return Delivered::default();
+    /// Takes one message received on `channel`: delivers it when its turn comes (at once, or
+    /// once the fanout partitions caught up), with whatever it lets go too.
+    pub(crate) async fn deliver(&mut self, channel: &str, payload: &[u8]) {
+        let Some((envelope, src)) = decode(channel, payload) else {
+            return;
         };
-        match verdict {
+        let item = Held {
+            channel: channel.to_owned(),
+            envelope,
+            src,
+        };
+        let now_or_later = match self.order.as_mut() {
+            Some(order) => order.push(item, Instant::now()),
+            None => Some(item),
+        };
+        if let Some(item) = now_or_later {
+            self.dispatch_one(item).await;
+        }
+        self.release_ready().await;
+    }
+
+    /// A fanout replica announced its progress (`wire::progress`).
+    pub(crate) async fn progress(&mut self, payload: &[u8]) {
+        let Some(order) = self.order.as_mut() else {
+            return;
+        };
+        match Progress::decode(payload) {
+            Ok(progress) => order.progress(&progress),
+            Err(error) => {
+                tracing::warn!(%error, "undecodable fanout progress message");
+                return;
+            }
+        }
+        self.release_ready().await;
+    }
+
+    /// When held messages run out of patience (`None`: nothing held).
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        self.order.as_mut().and_then(Orderer::next_deadline)
+    }
+
+    /// Delivers every held message whose turn has come, smallest source id first.
+    pub(crate) async fn release_ready(&mut self) {
+        loop {
+            let next = self.order.as_mut().and_then(|o| o.pop(Instant::now()));
+            let Some((item, forced)) = next else { break };
+            if forced {
+                self.stats.order_forced.inc();
+            }
+            self.dispatch_one(item).await;
+        }
+        if let Some(order) = &self.order {
+            self.stats.order_held.set(order.held() as u64);
+            let upto = order.released_upto();
+            self.released.send_if_modified(|released| {
+                let newer = upto > *released;
+                if newer {
+                    *released = upto;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Delivers one message whose turn it is: after a gap repair if it reveals one.
+    async fn dispatch_one(&mut self, item: Held) -> Delivered {
+        let Held {
+            channel,
+            envelope,
+            src,
+        } = item;
+        match self.dispatch.verdict(&channel, &envelope, src) {
             Verdict::Gone | Verdict::Duplicate => return Delivered::default(),
-            Verdict::Gap { after } => self.repair(channel, after, envelope.seq).await,
+            Verdict::Gap { after } => self.repair(&channel, after, envelope.seq).await,
             Verdict::Deliver => {}
         }
-        self.dispatch.deliver_in_order(channel, &envelope, src)
+        let out = self.dispatch.deliver_in_order(&channel, &envelope, src);
+        if out.late {
+            self.stats.late_deliveries.inc();
+        }
+        out
     }
 
     /// Fills a gap on `channel`: every message after `after` and before `until` seq, from history.
@@ -317,9 +412,9 @@ impl Delivery {
                 return;
             }
         };
-        // Everything delivered so far was sent before these: remembered per topic so a recovery
-        // knows a client may have an offset past them without having them.
-        let high = self.dispatch.high;
+        // Whatever was delivered so far with a larger source id was sent before these: the
+        // dispatcher records them as late, so a recovery knows a client may have an offset past
+        // them without having them.
         let mut expected = after.seq + 1;
         for entry in entries
             .into_iter()
@@ -329,8 +424,12 @@ impl Delivery {
                 break;
             }
             expected += 1;
-            self.dispatch
-                .deliver_marked(channel, &entry.envelope, entry.src, Some(high));
+            let out = self
+                .dispatch
+                .deliver_in_order(channel, &entry.envelope, entry.src);
+            if out.late {
+                self.stats.late_deliveries.inc();
+            }
             self.stats.gap_messages.inc();
         }
         if expected == until {
@@ -486,7 +585,8 @@ mod delivery_tests {
             Delivered {
                 sockets: 2,
                 dropped: 0,
-                buffered: 0
+                buffered: 0,
+                late: false
             }
         );
         let (pa, pb) = (a.drain().await, b.drain().await);
@@ -556,6 +656,32 @@ mod delivery_tests {
             "only what came after its replay"
         );
         assert_eq!(other.drain().await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_after_a_newer_one_is_recorded_late_in_its_topic() {
+        let keys = KeySpace::new("p");
+        let rooms = Arc::new(LocalRooms::new());
+        let mut a = testing::socket("/");
+        join(&rooms, &keys, &a.socket, "x");
+        join(&rooms, &keys, &a.socket, "y");
+        let (x, y) = (keys.room("/", "x"), keys.room("/", "y"));
+        let mut d = Dispatcher::new(rooms.clone(), keys, true);
+        assert!(!deliver(&mut d, y.channel(), &envelope(1, &["y"], &[], "30-0")).late);
+        assert!(deliver(&mut d, x.channel(), &envelope(1, &["x"], &[], "20-0")).late);
+        assert!(!deliver(&mut d, x.channel(), &envelope(2, &["x"], &[], "40-0")).late);
+        assert_eq!(a.drain().await.len(), 3);
+        let left_x = rooms.remove(x.channel(), &a.socket).expect("member of x");
+        assert_eq!(
+            left_x.late,
+            vec![LateDelivery {
+                src: StreamId { ms: 20, seq: 0 },
+                high: StreamId { ms: 30, seq: 0 },
+                order: 2
+            }]
+        );
+        let left_y = rooms.remove(y.channel(), &a.socket).expect("member of y");
+        assert!(left_y.late.is_empty());
     }
 
     #[tokio::test]

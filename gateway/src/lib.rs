@@ -10,6 +10,7 @@ mod history;
 mod limits;
 mod membership;
 mod metrics;
+mod order;
 mod recovery;
 mod replay;
 mod rooms;
@@ -21,7 +22,11 @@ mod takeover;
 use std::sync::Arc;
 
 use anyhow::Context;
-use roomcast_shared::{health::Readiness, redis_conn::Backoff, wire::KeySpace};
+use roomcast_shared::{
+    health::Readiness,
+    redis_conn::Backoff,
+    wire::{KeySpace, StreamId},
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -37,7 +42,7 @@ use crate::{
     rooms::LocalRooms,
     sio::{SioConfig, SioServer},
     stats::GatewayStats,
-    subscriptions::{READY_SUBSCRIPTIONS, Subscriptions},
+    subscriptions::{OrderSettings, READY_SUBSCRIPTIONS, Subscriptions},
     takeover::Takeovers,
 };
 
@@ -71,6 +76,15 @@ pub async fn run(
         ))
     });
     let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(1024);
+    // Delivery in publish order across the fanout's partitions; recoveries wait for it.
+    let (released_tx, released_rx) = tokio::sync::watch::channel(StreamId::default());
+    let order = (!config.delivery_order_wait.is_zero()).then(|| OrderSettings {
+        max_wait: config.delivery_order_wait,
+        max_held: config.delivery_order_max_held,
+        marks: Default::default(),
+        released: released_tx,
+    });
+    let released = order.is_some().then_some(released_rx);
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
 
@@ -92,6 +106,7 @@ pub async fn run(
                 .map(|t| t.channels().to_vec())
                 .unwrap_or_else(|| vec![keys.control_channel()]),
             control: control_tx,
+            order,
         }
         .run(background_stop.clone()),
     );
@@ -118,6 +133,7 @@ pub async fn run(
         request_timeout: config.request_timeout,
         writes: session_writes.clone(),
         stats: stats.clone(),
+        released,
     });
     let app = Arc::new(Gateway {
         rooms: rooms.clone(),

@@ -13,12 +13,14 @@ use std::{
     time::Duration,
 };
 
+use crate::eio::Message;
 use redis::{Value, aio::ConnectionManager};
 use roomcast_shared::clock::unix_ms;
 use roomcast_shared::wire::{
     Envelope, KeySpace, Position, SESSION_VERSION, SessionRecord, StreamId, Topic, TopicPosition,
 };
 use serde_json::Value as Json;
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::replay::{Buffered, ReplayBuffer};
@@ -47,6 +49,8 @@ pub(crate) enum RestoreError {
     ClientGone,
     #[error("the session belongs to another user")]
     WrongUser,
+    #[error("messages of slower fanout partitions did not arrive in time")]
+    Ordering,
 }
 
 impl RestoreError {
@@ -55,7 +59,11 @@ impl RestoreError {
     pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Redis(_) | Self::Subscriptions | Self::Overflow | Self::ClientGone
+            Self::Redis(_)
+                | Self::Subscriptions
+                | Self::Overflow
+                | Self::ClientGone
+                | Self::Ordering
         )
     }
 }
@@ -70,6 +78,8 @@ pub(crate) struct Sessions {
     /// Session writes still in flight; waited for on shutdown.
     pub(crate) writes: TaskTracker,
     pub(crate) stats: Arc<GatewayStats>,
+    /// How far live messages were released in publish order (`None`: ordering off).
+    pub(crate) released: Option<watch::Receiver<StreamId>>,
 }
 
 impl Sessions {
@@ -259,6 +269,9 @@ impl Sessions {
         }
         let count = self.history_max_len + 1;
         let x_order = offset_order(topics, offset);
+        // Where "received" ends in publish order: X, or, when X itself was delivered late, the
+        // largest source id sent before it (everything up to that was sent before X).
+        let read_from = reading_point(topics, offset);
         // One MULTI/EXEC: every topic's history is read at the same instant, so everything in
         // the replay was published before everything that only reaches the buffer, and the
         // socket keeps receiving in publish order.
@@ -269,7 +282,7 @@ impl Sessions {
             let topic = Topic::from_channel(&**channel);
             let hist = topic.history_key();
             pipe.cmd("HGET").arg(topic.meta_key()).arg("seq");
-            let plan = match offset {
+            let plan = match read_from {
                 // Everything sent was sent before X, so it was received.
                 Some(x) if t.last.src <= x => {
                     history::range_after(&mut pipe, &hist, t.last.src, count);
@@ -286,7 +299,7 @@ impl Sessions {
                 }
             };
             // Repaired messages sent after X although published before it: the client may lack them.
-            let late = late_unreceived(t, offset, x_order);
+            let late = late_unreceived(t, offset, read_from, x_order);
             for src in &late {
                 pipe.cmd("XRANGE")
                     .arg(&hist)
@@ -298,7 +311,7 @@ impl Sessions {
         let replies: Vec<Value> = pipe.query_async(&mut self.commands.clone()).await?;
         let mut replies = replies.into_iter();
 
-        let mut merged: BTreeMap<StreamId, Envelope> = BTreeMap::new();
+        let mut merged: BTreeMap<StreamId, ReplayItem> = BTreeMap::new();
         let mut ends: HashMap<Arc<str>, Position> = HashMap::new();
         for ((channel, t), (plan, late)) in topics.iter().zip(plans) {
             let meta_seq: u64 = match replies.next() {
@@ -329,32 +342,75 @@ impl Sessions {
                 })
             };
             for e in entries.into_iter().filter(|e| !received_late(&e.src)) {
-                merged.entry(e.src).or_insert(e.envelope);
+                merged
+                    .entry(e.src)
+                    .or_insert(ReplayItem::History(e.envelope));
             }
             for _ in 0..late {
                 for e in history::parse_entries(replies.next().unwrap_or(Value::Nil)) {
                     if e.envelope.seq > t.base.seq && !t.ahead.contains(&e.src) {
-                        merged.entry(e.src).or_insert(e.envelope);
+                        merged
+                            .entry(e.src)
+                            .or_insert(ReplayItem::History(e.envelope));
                     }
                 }
+            }
+        }
+
+        let skip = |item: &Buffered, ends: &HashMap<Arc<str>, Position>| {
+            merged.contains_key(&item.src)
+                || ends
+                    .get(&item.channel)
+                    .is_some_and(|end| item.seq <= end.seq)
+                || read_from.is_some_and(|x| item.src <= x)
+        };
+        // The history was read at one instant, but fanout partitions publish at their own
+        // pace: a message older than the newest one read may still be on its way, and must not
+        // be sent after it. Wait until live delivery is past the newest one read; then every
+        // older message is in the history read or in the buffer, and goes in order with them.
+        if let (Some(&newest), Some(released)) = (merged.keys().next_back(), &self.released) {
+            let mut released = released.clone();
+            let caught_up = tokio::time::timeout(
+                self.request_timeout,
+                released.wait_for(|upto| *upto >= newest),
+            )
+            .await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                return Err(RestoreError::Ordering);
+            }
+            let mut live: Vec<Buffered> = buffer.take_upto(newest);
+            live.retain(|item| !skip(item, &ends));
+            for item in live {
+                let end = ends.entry(item.channel.clone()).or_default();
+                if item.seq > end.seq {
+                    *end = Position {
+                        seq: item.seq,
+                        src: item.src,
+                    };
+                }
+                merged.insert(item.src, ReplayItem::Live(item.packet));
             }
         }
 
         // One gateway sends in publish order; so does the replay, across all rooms, each message
         // once even when it targeted several of the socket's rooms.
         let mut replayed = HashSet::with_capacity(merged.len());
-        for (src, envelope) in merged {
+        for (src, item) in merged {
             replayed.insert(src);
-            if !envelope.body.except.is_empty() && socket.in_any(&envelope.body.except) {
-                continue;
-            }
+            let packet = match item {
+                ReplayItem::History(envelope) => {
+                    if !envelope.body.except.is_empty() && socket.in_any(&envelope.body.except) {
+                        continue;
+                    }
+                    event_packet(&envelope.body, Some(src))
+                }
+                // Filtered (`except`) when it was delivered into the buffer.
+                ReplayItem::Live(packet) => packet,
+            };
             self.stats.replayed_events.inc();
             // A replay can be longer than the connection's queue: wait for the client to drain.
             socket
-                .emit_patiently(
-                    event_packet(&envelope.body, Some(src)),
-                    self.request_timeout,
-                )
+                .emit_patiently(packet, self.request_timeout)
                 .await
                 .map_err(|_| RestoreError::ClientGone)?;
         }
@@ -366,7 +422,7 @@ impl Sessions {
                 || ends
                     .get(&item.channel)
                     .is_some_and(|end| item.seq <= end.seq)
-                || offset.is_some_and(|x| item.src <= x)
+                || read_from.is_some_and(|x| item.src <= x)
         };
         buffer.finish(socket, skip, self.request_timeout).await
     }
@@ -422,19 +478,41 @@ fn topic_replay(
     Some((end, entries))
 }
 
-/// Messages a gap repair delivered late (after messages up to `high`) that a client with offset
-/// X may not have: published before X (so not in the history read after X) but sent after it.
+/// Messages delivered late (after messages up to `high`) that a client with offset X may not
+/// have: published before the reading point (so not in the history read after it) but sent
+/// after X.
 fn late_unreceived(
     t: &TopicPosition,
     offset: Option<StreamId>,
+    read_from: Option<StreamId>,
     x_order: Option<u64>,
 ) -> Vec<StreamId> {
-    let Some(x) = offset else { return Vec::new() };
+    let (Some(x), Some(from)) = (offset, read_from) else {
+        return Vec::new();
+    };
     t.late
         .iter()
-        .filter(|l| l.src < x && !l.received_by(x, x_order))
+        .filter(|l| l.src < from && !l.received_by(x, x_order))
         .map(|l| l.src)
         .collect()
+}
+
+/// The source id up to which, in publish order, a client with offset X received everything not
+/// delivered late: X itself, or — if X was a late delivery, sent after messages up to `high` —
+/// `high`, since every message that was not late and has a source id up to `high` was sent before
+/// X. (Late ones are decided by their send order.)
+fn reading_point(
+    topics: &[(Arc<str>, &TopicPosition)],
+    offset: Option<StreamId>,
+) -> Option<StreamId> {
+    let x = offset?;
+    let high = topics
+        .iter()
+        .flat_map(|(_, t)| &t.late)
+        .filter(|l| l.src == x)
+        .map(|l| l.high)
+        .max();
+    Some(high.map_or(x, |h| h.max(x)))
 }
 
 /// X's place in the old gateway's send order, if X was itself a repaired (late) delivery.
@@ -445,6 +523,13 @@ fn offset_order(topics: &[(Arc<str>, &TopicPosition)], offset: Option<StreamId>)
         .flat_map(|(_, t)| &t.late)
         .find(|l| l.src == x)
         .map(|l| l.order)
+}
+
+/// One message of a replay: from the history, or a live message that arrived in the buffer and
+/// is older than the newest history entry (sent in publish order with them).
+enum ReplayItem {
+    History(Envelope),
+    Live(Message),
 }
 
 /// Where a topic's replay starts reading history.
@@ -523,30 +608,62 @@ mod tests {
         };
         let mut t = topic(pos(0, 0), pos(9, 95), vec![]);
         t.late = vec![late(40, 7), late(45, 8)];
+        let unreceived = |x: StreamId| {
+            let topics = [(Arc::from("c"), &t)];
+            late_unreceived(
+                &t,
+                Some(x),
+                reading_point(&topics, Some(x)),
+                offset_order(&topics, Some(x)),
+            )
+        };
         assert_eq!(
-            late_unreceived(&t, Some(id(60)), None),
+            unreceived(id(60)),
             vec![id(40), id(45)],
             "X=60 was sent before the repair"
         );
+        assert!(unreceived(id(91)).is_empty(), "X=91 came after the repair");
         assert!(
-            late_unreceived(&t, Some(id(91)), None).is_empty(),
-            "X=91 came after the repair"
-        );
-        assert!(
-            late_unreceived(&t, Some(id(30)), None).is_empty(),
+            unreceived(id(30)).is_empty(),
             "after X anyway: read with the rest"
         );
         assert!(
-            late_unreceived(&t, None, None).is_empty(),
+            late_unreceived(&t, None, None, None).is_empty(),
             "no offset: everything since the join is read"
         );
         // X is the repaired 45 itself: 40 was sent before it.
         let topics = [(Arc::from("c"), &t)];
         let x_order = offset_order(&topics, Some(id(45)));
         assert_eq!(x_order, Some(8));
-        assert!(late_unreceived(&t, Some(id(45)), x_order).is_empty());
-        // X is the repaired 40: 45 was sent after it, but it is after X and read anyway.
-        assert!(late_unreceived(&t, Some(id(40)), offset_order(&topics, Some(id(40)))).is_empty());
+        assert!(unreceived(id(45)).is_empty());
+        // X is the repaired 40: 45 was sent after it, and is now before the reading point (90).
+        assert_eq!(unreceived(id(40)), vec![id(45)]);
+    }
+
+    #[test]
+    fn an_offset_delivered_late_reads_from_what_was_sent_before_it() {
+        // 40 was delivered late, after messages up to 90 (of other topics, and 50-90 here).
+        let mut t = topic(pos(0, 0), pos(9, 95), vec![]);
+        t.late = vec![LateDelivery {
+            src: id(40),
+            high: id(90),
+            order: 7,
+        }];
+        let topics = [(Arc::from("c"), &t)];
+        assert_eq!(
+            reading_point(&topics, Some(id(40))),
+            Some(id(90)),
+            "the client with offset 40 has everything up to 90 that was not late"
+        );
+        assert_eq!(reading_point(&topics, Some(id(60))), Some(id(60)));
+        assert_eq!(reading_point(&topics, None), None);
+        // So the replay reads after 90: what came after, not 50-90 again.
+        let at = entry(8, 90);
+        let read = vec![entry(9, 95)];
+        assert_eq!(
+            seqs(topic_replay(&t, &Plan::Offset, Some(&at), read, 9, 100)),
+            Some((9, vec![9]))
+        );
     }
 
     fn seqs(r: Option<(Position, Vec<HistoryEntry>)>) -> Option<(u64, Vec<u64>)> {

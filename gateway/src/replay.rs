@@ -62,6 +62,22 @@ impl ReplayBuffer {
         }
     }
 
+    /// Takes the buffered messages with a source id up to `upto` out of the buffer (while it
+    /// still buffers), so the replay can send them in publish order with the history entries.
+    pub(crate) fn take_upto(&self, upto: StreamId) -> Vec<Buffered> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *state {
+            ReplayState::Buffering { items, .. } => {
+                let (taken, kept): (Vec<Buffered>, Vec<Buffered>) = std::mem::take(items)
+                    .into_iter()
+                    .partition(|i| i.src <= upto);
+                *items = kept;
+                taken
+            }
+            ReplayState::Live => Vec::new(),
+        }
+    }
+
     /// Emits the buffered messages the replay did not cover, then turns live. Drains in chunks
     /// without holding the lock while waiting for the client; messages arriving meanwhile join
     /// the buffer, and the switch to live happens under the lock once it is empty, so nothing

@@ -1,7 +1,7 @@
 //! The gateway's counters. Kept as plain atomics so the hot paths pay one relaxed add; the
 //! operations issue exports them as Prometheus metrics.
 
-use roomcast_shared::counter::Counter;
+use roomcast_shared::counter::{Counter, Gauge};
 
 #[derive(Debug, Default)]
 pub(crate) struct GatewayStats {
@@ -34,13 +34,21 @@ pub(crate) struct GatewayStats {
     pub(crate) recoveries_wrong_user: Counter,
     /// Backend commands applied.
     pub(crate) commands: Counter,
+    /// Messages released before every fanout partition was known to be done up to them (a
+    /// partition stalled longer than DELIVERY_ORDER_WAIT_MS, or too many were held).
+    pub(crate) order_forced: Counter,
+    /// Messages sent after a message with a larger source id (gap repairs, forced releases);
+    /// recovery records them.
+    pub(crate) late_deliveries: Counter,
+    /// Messages held now, waiting for slower fanout partitions.
+    pub(crate) order_held: Gauge,
 }
 
 impl GatewayStats {
     /// One line for the shutdown log.
     pub(crate) fn summary(&self) -> String {
         format!(
-            "recoveries={} recoveries_failed={} replayed_events={} gaps_repaired={} gap_messages={} gaps_unrepaired={} subscription_reconnects={} probe_failures={} refused_rate_limited={} refused_unauthorized={} joins_forbidden={} joins_over_limit={} events_rate_limited={} recoveries_wrong_user={}",
+            "recoveries={} recoveries_failed={} replayed_events={} gaps_repaired={} gap_messages={} gaps_unrepaired={} subscription_reconnects={} probe_failures={} refused_rate_limited={} refused_unauthorized={} joins_forbidden={} joins_over_limit={} events_rate_limited={} recoveries_wrong_user={} order_forced={} late_deliveries={}",
             self.recoveries.get(),
             self.recoveries_failed.get(),
             self.replayed_events.get(),
@@ -55,6 +63,8 @@ impl GatewayStats {
             self.joins_over_limit.get(),
             self.events_rate_limited.get(),
             self.recoveries_wrong_user.get(),
+            self.order_forced.get(),
+            self.late_deliveries.get(),
         )
     }
 }

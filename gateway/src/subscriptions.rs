@@ -12,11 +12,12 @@ use roomcast_shared::{
     redis_conn::Backoff,
     wire::{ControlMessage, KeySpace, Position, StreamId, Topic},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     delivery::{Delivery, Dispatcher},
+    order::{Orderer, SharedMarks},
     rooms::LocalRooms,
     stats::GatewayStats,
 };
@@ -43,6 +44,18 @@ pub(crate) struct Subscriptions {
     /// How often the subscription connection is PINGed to prove it still delivers.
     pub(crate) probe_interval: Duration,
     pub(crate) stats: Arc<GatewayStats>,
+    /// Delivery in publish order across fanout partitions (`order`); `None`: off.
+    pub(crate) order: Option<OrderSettings>,
+}
+
+/// What the orderer of each subscription connection starts from.
+pub(crate) struct OrderSettings {
+    pub(crate) max_wait: Duration,
+    pub(crate) max_held: usize,
+    /// The fanout partitions' progress, kept across connections.
+    pub(crate) marks: SharedMarks,
+    /// How far messages were released; recoveries wait on it.
+    pub(crate) released: watch::Sender<StreamId>,
 }
 
 impl Subscriptions {
@@ -71,19 +84,40 @@ impl Subscriptions {
                 Dispatcher::new(self.rooms.clone(), self.keys.clone(), self.window_ms > 0);
             let (resubscribed, resubscribed_rx) = oneshot::channel();
             let mut resubscribed = Some(resubscribed);
+            let (orderer, released) = match &self.order {
+                Some(o) => (
+                    Some(Orderer::new(o.marks.clone(), o.max_wait, o.max_held)),
+                    o.released.clone(),
+                ),
+                None => (None, watch::Sender::new(StreamId::default())),
+            };
+            let progress_channel = self.keys.fanout_progress_channel();
             let mut delivery = tokio::spawn(deliver_loop(
                 stream,
-                Delivery::new(dispatch, self.commands.clone(), self.stats.clone()),
+                Delivery::new(
+                    dispatch,
+                    self.commands.clone(),
+                    self.stats.clone(),
+                    orderer,
+                    released,
+                ),
                 resubscribed_rx,
                 Control {
                     channels: self.control_channels.clone(),
                     tx: self.control.clone(),
                 },
+                progress_channel.clone(),
             ));
-            if !self.control_channels.is_empty()
-                && let Err(error) = sink.subscribe(&self.control_channels).await
+            // Channels for the life of the connection: the other gateways' requests and the
+            // fanout's progress (what the orderer waits for).
+            let mut fixed = self.control_channels.clone();
+            if self.order.is_some() {
+                fixed.push(progress_channel);
+            }
+            if !fixed.is_empty()
+                && let Err(error) = sink.subscribe(&fixed).await
             {
-                tracing::warn!(%error, "cannot subscribe to the control channels; reconnecting");
+                tracing::warn!(%error, "cannot subscribe to the control and progress channels; reconnecting");
                 delivery.abort();
                 continue;
             }
@@ -256,9 +290,11 @@ async fn deliver_loop(
     mut delivery: Delivery,
     resubscribed: oneshot::Receiver<()>,
     control: Control,
+    progress_channel: String,
 ) {
     let mut resubscribed = Some(resubscribed);
     loop {
+        let deadline = delivery.next_deadline();
         tokio::select! {
             biased;
             done = async {
@@ -272,9 +308,20 @@ async fn deliver_loop(
                     delivery.repair_all().await;
                 }
             }
+            // A held message waited as long as it may.
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => delivery.release_ready().await,
             msg = stream.next() => {
                 let Some(msg) = msg else { return };
                 let channel = msg.get_channel_name();
+                if channel == progress_channel {
+                    delivery.progress(msg.get_payload_bytes()).await;
+                    continue;
+                }
                 if control.channels.iter().any(|c| c == channel) {
                     match ControlMessage::decode(msg.get_payload_bytes()) {
                         // Full means requests pile up faster than they are served; the requester

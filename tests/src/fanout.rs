@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct InProcessFanout {
     keys: KeySpace,
-    group: String,
+    replica: String,
+    partitions: u16,
     stats: Arc<FanoutStats>,
     admin_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -20,13 +21,13 @@ pub struct InProcessFanout {
 }
 
 impl InProcessFanout {
-    /// Test settings: this Redis, consumer `test-fanout`, admin on `127.0.0.1:0`, then `extra`
+    /// Test settings: this Redis, replica id `test-fanout`, admin on `127.0.0.1:0`, then `extra`
     /// flags (e.g. `["--fanout-batch-size", "10"]`), which win.
     pub fn config(redis_url: &str, extra: &[&str]) -> FanoutConfig {
         let defaults = [
             ("--redis-url", redis_url),
             ("--admin-addr", "127.0.0.1:0"),
-            ("--fanout-consumer", "test-fanout"),
+            ("--fanout-replica-id", "test-fanout"),
         ];
         let mut args = vec!["roomcast-fanout"];
         for (flag, value) in defaults {
@@ -44,14 +45,16 @@ impl InProcessFanout {
         let listener = TcpListener::bind(config.admin_addr).await?;
         let admin_addr = listener.local_addr()?;
         let keys = KeySpace::new(config.redis.key_prefix.clone());
-        let group = config.group.clone();
+        let replica = config.replica_id.clone();
+        let partitions = config.partitions;
         let fanout = Fanout::new(config);
         let stats = fanout.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(fanout.run(listener, shutdown.clone()));
         Ok(Self {
             keys,
-            group,
+            replica,
+            partitions,
             stats,
             admin_addr,
             shutdown,
@@ -64,9 +67,14 @@ impl InProcessFanout {
         &self.keys
     }
 
-    /// The consumer group on the publish stream.
-    pub fn group(&self) -> &str {
-        &self.group
+    /// This replica's id (`FANOUT_REPLICA_ID`).
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// `FANOUT_PARTITIONS`.
+    pub fn partitions(&self) -> u16 {
+        self.partitions
     }
 
     /// The counters now. The fanout records a publish after Redis replied, so a test that just

@@ -45,20 +45,38 @@ async fn publish_many(
     pipe.query_async(conn).await.expect("XADD pipeline")
 }
 
-async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
-    let summary: Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query_async(conn)
-        .await
-        .expect("XPENDING");
-    match summary {
-        Value::Array(parts) => match parts.first() {
-            Some(Value::Int(n)) => *n,
-            other => panic!("unexpected XPENDING count {other:?}"),
-        },
-        other => panic!("unexpected XPENDING reply {other:?}"),
+/// Whether every one of the `partitions` partition cursors is at or past entry `id`: every
+/// effect of the entries up to `id` is in Redis and committed.
+async fn done_up_to(
+    conn: &mut MultiplexedConnection,
+    keys: &KeySpace,
+    partitions: u16,
+    id: &str,
+) -> bool {
+    let mut pipe = redis::pipe();
+    for p in 0..partitions {
+        pipe.cmd("GET").arg(keys.partition(p, partitions).cursor());
     }
+    let cursors: Vec<Option<String>> = pipe.query_async(conn).await.expect("GET cursors");
+    cursors
+        .iter()
+        .all(|c| c.as_deref().is_some_and(|c| id_of(c) >= id_of(id)))
+}
+
+/// Waits until every partition committed entry `id`.
+async fn await_done(
+    conn: &MultiplexedConnection,
+    keys: &KeySpace,
+    fanout: &InProcessFanout,
+    id: &str,
+) {
+    let partitions = fanout.partitions();
+    eventually("every partition committed the last entry", || {
+        let mut conn = conn.clone();
+        let (keys, id) = (keys.clone(), id.to_owned());
+        async move { done_up_to(&mut conn, &keys, partitions, &id).await }
+    })
+    .await;
 }
 
 async fn xlen(conn: &mut MultiplexedConnection, key: &str) -> u64 {
@@ -168,15 +186,10 @@ async fn thousand_entries_arrive_in_order_with_contiguous_seq() {
         assert!(env.body.except.is_empty());
         assert_eq!(env.body.published_at_ms, ms_of(id));
     }
-    let group = fanout.group().to_owned();
-    eventually("all entries acknowledged", || {
-        let mut conn = conn.clone();
-        let (stream, group) = (stream.clone(), group.clone());
-        async move { pending(&mut conn, &stream, &group).await == 0 }
-    })
-    .await;
+    await_done(&conn, &keys, &fanout, &ids[999]).await;
     let stats = fanout.stop().await.expect("clean shutdown");
     assert_eq!((stats.published, stats.receivers), (1000, 1000));
+    assert_eq!(stats.committed, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +223,10 @@ async fn a_batch_larger_than_one_pipeline_chunk_stays_in_order() {
         assert_eq!(env.body.data.len(), payload.len() + r#"["blob",]"#.len());
     }
     let stats = fanout.stop().await.expect("clean shutdown");
-    assert_eq!((stats.batches, stats.published, stats.acked), (1, 24, 24));
+    assert_eq!(
+        (stats.batches, stats.published, stats.committed),
+        (1, 24, 24)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +305,7 @@ async fn multi_room_namespace_and_except() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topics_nobody_holds_get_no_publish_and_are_still_acked() {
+async fn topics_nobody_holds_get_no_publish_and_are_still_committed() {
     let Setup {
         redis,
         mut conn,
@@ -333,13 +349,7 @@ async fn topics_nobody_holds_get_no_publish_and_are_still_acked() {
         (held.channel(), 2, last.as_str())
     );
 
-    let group = fanout.group().to_owned();
-    eventually("the ghost entries are acknowledged", || {
-        let mut conn = conn.clone();
-        let (stream, group) = (stream.clone(), group.clone());
-        async move { pending(&mut conn, &stream, &group).await == 0 }
-    })
-    .await;
+    await_done(&conn, &keys, &fanout, &last).await;
     let meta_exists: bool = redis::cmd("EXISTS")
         .arg(ghost.meta_key())
         .query_async(&mut conn)
@@ -347,7 +357,7 @@ async fn topics_nobody_holds_get_no_publish_and_are_still_acked() {
         .expect("EXISTS");
     assert!(!meta_exists, "an unheld topic gets no sequence");
     let stats = fanout.stop().await.expect("clean shutdown");
-    assert_eq!((stats.unheld, stats.published, stats.acked), (2, 2, 3));
+    assert_eq!((stats.unheld, stats.published, stats.committed), (2, 2, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,26 +468,20 @@ async fn malformed_entries_are_dead_lettered_and_valid_ones_delivered() {
         assert_eq!(extra[1], ("source_id".to_owned(), source_id.clone()));
     }
 
-    // Still running, nothing left pending.
+    // Still running, and everything gets committed.
     let after = xadd(&mut conn, &stream, &valid(99)).await;
     let (_, env) = gateway.next_envelope().await;
     assert_eq!(
         (env.body.source_id.as_str(), env.seq),
         (after.as_str(), valid_ids.len() as u64 + 1)
     );
-    let group = fanout.group().to_owned();
-    eventually("nothing pending", || {
-        let mut conn = conn.clone();
-        let (stream, group) = (stream.clone(), group.clone());
-        async move { pending(&mut conn, &stream, &group).await == 0 }
-    })
-    .await;
+    await_done(&conn, &keys, &fanout, &after).await;
     let stats = fanout.stop().await.expect("clean shutdown");
     assert_eq!(stats.dead_lettered, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_is_idempotent() {
+async fn reapplying_committed_entries_is_idempotent() {
     let Setup {
         redis,
         mut conn,
@@ -488,30 +492,22 @@ async fn redelivery_is_idempotent() {
     let room = keys.room("/", "r");
     gateway.hold(&room).await.expect("holds");
     let first = start_fanout(&redis, &[]).await;
-    let group = first.group().to_owned();
 
     let before = publish_many(&mut conn, &stream, "r", 5).await;
     for id in &before {
         assert_eq!(&gateway.next_envelope().await.1.body.source_id, id);
     }
-    eventually("the first fanout acknowledged everything", || {
-        let mut conn = conn.clone();
-        let (stream, group) = (stream.clone(), group.clone());
-        async move { pending(&mut conn, &stream, &group).await == 0 }
-    })
-    .await;
+    await_done(&conn, &keys, &first, &before[4]).await;
+    let partitions = first.partitions();
     let _ = first.stop().await.expect("clean shutdown");
 
-    // Deliver the whole stream again, as after a lost acknowledgement.
-    let () = redis::cmd("XGROUP")
-        .arg("SETID")
-        .arg(&stream)
-        .arg(&group)
-        .arg("0")
-        .query_async(&mut conn)
-        .await
-        .expect("SETID");
-    let second = start_fanout(&redis, &["--fanout-consumer", "test-fanout-2"]).await;
+    // Lose every commit, as if they never happened: the whole stream is applied again.
+    let mut pipe = redis::pipe();
+    for p in 0..partitions {
+        pipe.cmd("DEL").arg(keys.partition(p, partitions).cursor());
+    }
+    let () = pipe.query_async(&mut conn).await.expect("DEL cursors");
+    let second = start_fanout(&redis, &["--fanout-replica-id", "test-fanout-2"]).await;
     let after = publish_many(&mut conn, &stream, "r", 2).await;
 
     // Had the old entries been published again, they would arrive first (stream order).
@@ -525,7 +521,7 @@ async fn redelivery_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_published_before_the_group_exists_are_processed() {
+async fn entries_published_before_any_fanout_ran_are_processed() {
     let Setup {
         redis,
         mut conn,
@@ -536,13 +532,15 @@ async fn entries_published_before_the_group_exists_are_processed() {
     let room = keys.room("/", "early");
     gateway.hold(&room).await.expect("holds");
     let ids = publish_many(&mut conn, &stream, "early", 3).await;
-    let groups: Vec<Value> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(&stream)
+    let cursors: Vec<String> = redis::cmd("KEYS")
+        .arg("socket.io:fanout:*")
         .query_async(&mut conn)
         .await
-        .expect("XINFO");
-    assert!(groups.is_empty(), "no group before the first fanout");
+        .expect("KEYS");
+    assert!(
+        cursors.is_empty(),
+        "no fanout state before the first fanout"
+    );
 
     let fanout = start_fanout(&redis, &[]).await;
     for (n, id) in ids.iter().enumerate() {
@@ -552,8 +550,11 @@ async fn entries_published_before_the_group_exists_are_processed() {
     let _ = fanout.stop().await.expect("clean shutdown");
 }
 
+/// A replica that crashed in the middle of a batch: part of the batch is in Redis (sequenced and
+/// published), its cursors were not moved. The next owner applies the batch again from the
+/// cursors: what was applied is skipped, the rest follows, each entry once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_entries_of_a_dead_consumer_go_first() {
+async fn a_batch_applied_but_not_committed_is_applied_again_exactly_once() {
     let Setup {
         redis,
         mut conn,
@@ -563,100 +564,137 @@ async fn pending_entries_of_a_dead_consumer_go_first() {
     } = setup().await;
     let room = keys.room("/", "r");
     gateway.hold(&room).await.expect("holds");
-    let () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("roomcast-fanout")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .expect("XGROUP CREATE");
-    let mut ids = publish_many(&mut conn, &stream, "r", 3).await;
-    // A consumer that read these and died before acknowledging them.
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("roomcast-fanout")
-        .arg("dead-pod")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("XREADGROUP");
-    ids.extend(publish_many(&mut conn, &stream, "r", 2).await);
+    let ids = publish_many(&mut conn, &stream, "r", 5).await;
+    // The crashed replica got through the first three entries with the real script.
+    let mut call = redis::cmd("EVAL");
+    call.arg(roomcast_shared::wire::TOPIC_PUBLISH_LUA)
+        .arg(4)
+        .arg(room.meta_key())
+        .arg(room.members_key())
+        .arg(room.history_key())
+        .arg(room.hold_key())
+        .arg(room.channel())
+        .arg(1000)
+        .arg(0);
+    for (n, id) in ids.iter().take(3).enumerate() {
+        let body = roomcast_shared::wire::EnvelopeBody {
+            source_id: id.clone(),
+            nsp: "/".into(),
+            rooms: vec!["r".into()],
+            except: vec![],
+            data: format!(r#"["message",{{"i":{n}}}]"#),
+            published_at_ms: ms_of(id),
+            traceparent: None,
+        };
+        call.arg(id).arg(body.encode().expect("encodes"));
+    }
+    let reply: Vec<i64> = call.query_async(&mut conn).await.expect("EVAL");
+    assert_eq!(
+        reply,
+        [1, 1, 1, 1, 2, 1, 1, 3, 1],
+        "three sequenced, one receiver each"
+    );
+    for (n, id) in ids.iter().take(3).enumerate() {
+        let (_, env) = gateway.next_envelope().await;
+        assert_eq!((&env.body.source_id, env.seq), (id, n as u64 + 1));
+    }
 
     let fanout = start_fanout(&redis, &[]).await;
+    for (n, id) in ids.iter().enumerate().skip(3) {
+        let (_, env) = gateway.next_envelope().await;
+        assert_eq!(
+            (&env.body.source_id, env.seq),
+            (id, n as u64 + 1),
+            "the rest, in order; nothing twice"
+        );
+    }
+    await_done(&conn, &keys, &fanout, &ids[4]).await;
+    let stats = fanout.stop().await.expect("clean shutdown");
+    assert_eq!((stats.duplicates, stats.published), (3, 2));
+}
+
+/// A replica that died holding leases (and its registration): the survivor cannot take the
+/// partitions while the leases live, then takes them all and continues from their cursors,
+/// without applying again what the dead one had committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_partitions_are_taken_over_when_its_leases_expire() {
+    let Setup {
+        redis,
+        mut conn,
+        keys,
+        stream,
+        mut gateway,
+    } = setup().await;
+    let room = keys.room("/", "r");
+    gateway.hold(&room).await.expect("holds");
+    let partitions: u16 = 4;
+    let done = publish_many(&mut conn, &stream, "r", 3).await;
+    let now_ms: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let ghost_ttl_ms: u64 = 1500;
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZADD")
+        .arg(keys.fanout_replicas())
+        .arg(now_ms + ghost_ttl_ms)
+        .arg("ghost");
+    for p in 0..partitions {
+        let pk = keys.partition(p, partitions);
+        pipe.cmd("SET")
+            .arg(pk.lease())
+            .arg("ghost")
+            .arg("PX")
+            .arg(ghost_ttl_ms);
+        // The ghost had committed the first three entries everywhere.
+        pipe.cmd("SET").arg(pk.cursor()).arg(&done[2]);
+    }
+    let () = pipe.query_async(&mut conn).await.expect("ghost state");
+    let fanout = start_fanout(
+        &redis,
+        &[
+            "--fanout-partitions",
+            "4",
+            "--fanout-lease-ttl-ms",
+            "1000",
+            "--fanout-lease-renew-ms",
+            "100",
+        ],
+    )
+    .await;
+    let ids = publish_many(&mut conn, &stream, "r", 3).await;
     for (n, id) in ids.iter().enumerate() {
         let (_, env) = gateway.next_envelope().await;
         assert_eq!(
             (&env.body.source_id, env.seq),
             (id, n as u64 + 1),
-            "stream order"
+            "only what the ghost had not committed, in order"
         );
     }
+    let owner: String = redis::cmd("GET")
+        .arg(keys.partition(0, partitions).lease())
+        .query_async(&mut conn)
+        .await
+        .expect("GET lease");
+    assert_eq!(owner, fanout.replica());
+    await_done(&conn, &keys, &fanout, &ids[2]).await;
     let stats = fanout.stop().await.expect("clean shutdown");
-    assert_eq!(stats.claimed, 3);
+    assert!(stats.leases_acquired >= 4, "{stats:?}");
+    assert_eq!((stats.published, stats.duplicates), (3, 0));
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(keys.partition(0, partitions).lease())
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!(left, 0, "released on shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_left_by_a_consumer_that_dies_later_are_claimed() {
+async fn trims_what_every_partition_and_group_finished_and_nothing_else() {
     let Setup {
         redis,
         mut conn,
         keys,
-        stream,
-        mut gateway,
-    } = setup().await;
-    let room = keys.room("/", "r");
-    gateway.hold(&room).await.expect("holds");
-    let fanout = start_fanout(
-        &redis,
-        &["--claim-min-idle-ms", "200", "--fanout-block-ms", "100"],
-    )
-    .await;
-    let first = publish_many(&mut conn, &stream, "r", 1).await;
-    assert_eq!(gateway.next_envelope().await.1.body.source_id, first[0]);
-
-    // Another replica reads an entry and dies; in one transaction, so the fanout's blocked read
-    // cannot get the entry first.
-    let replies: Vec<Value> = redis::pipe()
-        .atomic()
-        .cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("room")
-        .arg("r")
-        .arg("event")
-        .arg("late")
-        .cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(fanout.group())
-        .arg("dying-pod")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("MULTI/EXEC");
-    let id: String = redis::from_redis_value(replies[0].clone()).expect("XADD id");
-
-    let (_, env) = gateway.next_envelope().await;
-    assert_eq!((env.body.source_id.as_str(), env.seq), (id.as_str(), 2));
-    let stats = fanout.stop().await.expect("clean shutdown");
-    assert_eq!(stats.claimed, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trims_what_every_group_acknowledged_and_nothing_else() {
-    let Setup {
-        redis,
-        mut conn,
-        keys: _,
         stream,
         gateway: _,
     } = setup().await;
@@ -673,10 +711,11 @@ async fn trims_what_every_group_acknowledged_and_nothing_else() {
     let fanout = start_fanout(&redis, &["--fanout-trim-interval-ms", "50"]).await;
     let f = &fanout;
     let ids = publish_many(&mut conn, &stream, "nobody", 1000).await;
-    eventually("the fanout acknowledged everything", || async move {
-        f.stats().acked == 1000
+    eventually("the fanout committed everything", || async move {
+        f.stats().committed == 1000
     })
     .await;
+    await_done(&conn, &keys, f, &ids[999]).await;
 
     // `audit` has read nothing: a few trim passes later, nothing is gone.
     let runs = fanout.stats().trim_runs;
@@ -884,13 +923,7 @@ async fn history_records_what_was_published_and_held_topics() {
         &fields(&[("room", "nobody"), ("event", "e")]),
     )
     .await;
-    let group = fanout.group().to_owned();
-    eventually("all entries acknowledged", || {
-        let mut conn = conn.clone();
-        let (stream, group) = (stream.clone(), group.clone());
-        async move { pending(&mut conn, &stream, &group).await == 0 }
-    })
-    .await;
+    await_done(&conn, &keys, &fanout, &nobody_id).await;
 
     let history = xrange(&mut conn, &held.history_key(), "-", "+").await;
     let history_ids: Vec<&String> = history.iter().map(|(id, _)| id).collect();
@@ -934,4 +967,493 @@ async fn history_records_what_was_published_and_held_topics() {
         .expect("EXISTS");
     assert!(!nobody_meta, "and not sequenced ({nobody_id})");
     fanout.stop().await.expect("clean shutdown");
+}
+
+/// The trim never removes what a partition has not done: a partition held by a (dead, slow)
+/// replica whose cursor stays behind holds the trim back, up to its cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trims_only_what_the_slowest_partition_has_done() {
+    let Setup {
+        redis,
+        mut conn,
+        keys,
+        stream,
+        gateway: _,
+    } = setup().await;
+    let partitions: u16 = 2;
+    // A replica that owns partition 1 for the whole test and has done nothing there.
+    let now_ms = unix_ms();
+    let slow = keys.partition(1, partitions);
+    let () = redis::pipe()
+        .cmd("ZADD")
+        .arg(keys.fanout_replicas())
+        .arg(now_ms + 600_000)
+        .arg("slow")
+        .cmd("SET")
+        .arg(slow.lease())
+        .arg("slow")
+        .arg("PX")
+        .arg(600_000)
+        .cmd("SET")
+        .arg(slow.cursor())
+        .arg("0-0")
+        .query_async(&mut conn)
+        .await
+        .expect("slow replica");
+    let fanout = start_fanout(
+        &redis,
+        &[
+            "--fanout-partitions",
+            "2",
+            "--fanout-trim-interval-ms",
+            "50",
+            "--fanout-lease-renew-ms",
+            "100",
+        ],
+    )
+    .await;
+    let f = &fanout;
+    let ids = publish_many(&mut conn, &stream, "nobody", 1000).await;
+    let mine = keys.partition(0, partitions);
+    eventually("partition 0 committed everything", || {
+        let mut conn = conn.clone();
+        let (key, last) = (mine.cursor(), ids[999].clone());
+        async move {
+            let cursor: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            cursor.is_some_and(|c| c == last)
+        }
+    })
+    .await;
+    let runs = f.stats().trim_runs;
+    eventually("three more trim passes", || async move {
+        f.stats().trim_runs >= runs + 3
+    })
+    .await;
+    assert_eq!(
+        xlen(&mut conn, &stream).await,
+        1000,
+        "partition 1 has done nothing: nothing is trimmed"
+    );
+    assert_eq!(f.stats().backlog, 1000, "the backlog is what is left to do");
+    assert_eq!(
+        f.stats().partitions_owned,
+        1,
+        "its fair share of 2 partitions"
+    );
+
+    // The slow replica gets through the first half.
+    let () = redis::cmd("SET")
+        .arg(slow.cursor())
+        .arg(&ids[499])
+        .query_async(&mut conn)
+        .await
+        .expect("SET cursor");
+    eventually("the done half is trimmed", || {
+        let mut conn = conn.clone();
+        let stream = stream.clone();
+        async move { xlen(&mut conn, &stream).await < 1000 }
+    })
+    .await;
+    let runs = f.stats().trim_runs;
+    eventually("three more trim passes", || async move {
+        f.stats().trim_runs >= runs + 3
+    })
+    .await;
+    assert_eq!(
+        xrange(&mut conn, &stream, &ids[500], &ids[500]).await.len(),
+        1,
+        "the first entry partition 1 has not done is kept"
+    );
+    assert!(xlen(&mut conn, &stream).await >= 500);
+    let _ = fanout.stop().await.expect("clean shutdown");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Envelopes by channel, as a gateway holding every topic receives them.
+async fn collect_envelopes(
+    gateway: &mut FakeGateway,
+    n: usize,
+) -> std::collections::HashMap<String, Vec<roomcast_shared::wire::Envelope>> {
+    let mut by_channel: std::collections::HashMap<String, Vec<_>> = Default::default();
+    for _ in 0..n {
+        let (channel, env) = gateway.next_envelope().await;
+        by_channel.entry(channel).or_default().push(env);
+    }
+    by_channel
+}
+
+/// Publishes `per_room` events to each room, round-robin, in pipelines of 100; returns each
+/// room's entry ids in publish order.
+async fn publish_round_robin(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    rooms: &[String],
+    per_room: usize,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let mut ids: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let requests: Vec<(usize, &String)> = (0..per_room)
+        .flat_map(|i| rooms.iter().map(move |r| (i, r)))
+        .collect();
+    for chunk in requests.chunks(100) {
+        let mut pipe = redis::pipe();
+        for (i, room) in chunk {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("room")
+                .arg(room.as_str())
+                .arg("event")
+                .arg("m")
+                .arg("data")
+                .arg(format!(r#"{{"i":{i}}}"#));
+        }
+        let got: Vec<String> = pipe.query_async(conn).await.expect("XADD pipeline");
+        for ((_, room), id) in chunk.iter().zip(got) {
+            ids.entry((*room).clone()).or_default().push(id);
+        }
+    }
+    ids
+}
+
+/// Every room's envelopes are exactly its published entries: seq 1.., in publish order, once.
+fn assert_rooms_complete(
+    keys: &KeySpace,
+    got: &std::collections::HashMap<String, Vec<roomcast_shared::wire::Envelope>>,
+    published: &std::collections::HashMap<String, Vec<String>>,
+) {
+    for (room, ids) in published {
+        let channel = keys.room("/", room).into_channel();
+        let envs = got.get(&channel).map(Vec::as_slice).unwrap_or_default();
+        let sources: Vec<&str> = envs.iter().map(|e| e.body.source_id.as_str()).collect();
+        let expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(
+            sources, expected,
+            "room {room}: every entry once, in publish order"
+        );
+        let seqs: Vec<u64> = envs.iter().map(|e| e.seq).collect();
+        let contiguous: Vec<u64> = (1..=ids.len() as u64).collect();
+        assert_eq!(seqs, contiguous, "room {room}: contiguous seq");
+    }
+}
+
+const FAST_LEASES: [&str; 4] = [
+    "--fanout-lease-ttl-ms",
+    "1500",
+    "--fanout-lease-renew-ms",
+    "100",
+];
+
+async fn start_replica(redis: &RedisServer, id: &str, extra: &[&str]) -> InProcessFanout {
+    let mut args = vec!["--fanout-replica-id", id];
+    args.extend_from_slice(&FAST_LEASES);
+    args.extend_from_slice(extra);
+    start_fanout(redis, &args).await
+}
+
+/// Two replicas split the partitions (8 each); 20 rooms × 100 events, plus refused entries, all
+/// published at once: every room gets every entry once, in publish order, with contiguous seq;
+/// both replicas did part of the work; each refused entry is dead-lettered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_partitions_and_keep_every_room_in_order() {
+    let Setup {
+        redis,
+        mut conn,
+        keys,
+        stream,
+        mut gateway,
+    } = setup().await;
+    let rooms: Vec<String> = (0..20).map(|i| format!("room-{i}")).collect();
+    for room in &rooms {
+        gateway.hold(&keys.room("/", room)).await.expect("holds");
+    }
+    let a = start_replica(&redis, "replica-a", &[]).await;
+    let b = start_replica(&redis, "replica-b", &[]).await;
+    let (ra, rb) = (&a, &b);
+    eventually("each replica owns half of the partitions", || async move {
+        ra.stats().partitions_owned == 8 && rb.stats().partitions_owned == 8
+    })
+    .await;
+
+    let published = publish_round_robin(&mut conn, &stream, &rooms, 100).await;
+    let mut refused = Vec::new();
+    for n in 0..5 {
+        refused.push(xadd(&mut conn, &stream, &fields(&[("romm", &format!("{n}"))])).await);
+    }
+    let got = collect_envelopes(&mut gateway, 2000).await;
+    assert_rooms_complete(&keys, &got, &published);
+
+    let dead_stream = keys.dead_letter_stream();
+    eventually("the refused entries are dead-lettered", || {
+        let mut conn = conn.clone();
+        let dead_stream = dead_stream.clone();
+        async move { xlen(&mut conn, &dead_stream).await == 5 }
+    })
+    .await;
+    let last = refused.last().cloned().expect("refused entries");
+    await_done(&conn, &keys, &a, &last).await;
+    let dead: Vec<String> = xrange(&mut conn, &dead_stream, "-", "+")
+        .await
+        .into_iter()
+        .map(|(_, f)| String::from_utf8_lossy(&f[f.len() - 1].1).into_owned())
+        .collect();
+    assert_eq!(dead, refused, "each refused entry once, in order");
+
+    let (status, body) = http_get(a.admin_addr(), "/stats")
+        .await
+        .expect("GET /stats");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"partitions_owned\":8"), "{body}");
+
+    let sa = a.stop().await.expect("clean shutdown");
+    let sb = b.stop().await.expect("clean shutdown");
+    assert_eq!(sa.published + sb.published, 2000, "{sa:?} {sb:?}");
+    assert!(
+        sa.published > 0 && sb.published > 0,
+        "both did part of the work"
+    );
+    assert_eq!(sa.duplicates + sb.duplicates, 0);
+    assert_eq!(sa.dead_lettered + sb.dead_lettered, 5);
+    assert!(
+        sa.entries >= 2005 && sb.entries >= 2005,
+        "every replica reads every entry"
+    );
+}
+
+/// A replica stopped with SIGTERM (here: its shutdown token) gives its leases up: the other one
+/// takes them at once, without waiting for them to expire, and carries on in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_hands_its_partitions_over() {
+    let Setup {
+        redis,
+        mut conn,
+        keys,
+        stream,
+        mut gateway,
+    } = setup().await;
+    let rooms: Vec<String> = (0..8).map(|i| format!("room-{i}")).collect();
+    for room in &rooms {
+        gateway.hold(&keys.room("/", room)).await.expect("holds");
+    }
+    // Leases that would take a minute to expire: only a release lets b take a's partitions.
+    let slow_expiry = [
+        "--fanout-lease-ttl-ms",
+        "60000",
+        "--fanout-lease-renew-ms",
+        "100",
+    ];
+    let a = start_fanout(
+        &redis,
+        &[&["--fanout-replica-id", "replica-a"][..], &slow_expiry].concat(),
+    )
+    .await;
+    let ra = &a;
+    eventually("a owns everything", || async move {
+        ra.stats().partitions_owned == 16
+    })
+    .await;
+    let b = start_fanout(
+        &redis,
+        &[&["--fanout-replica-id", "replica-b"][..], &slow_expiry].concat(),
+    )
+    .await;
+    let rb = &b;
+    eventually("a gives half to b", || async move {
+        ra.stats().partitions_owned == 8 && rb.stats().partitions_owned == 8
+    })
+    .await;
+    let first = publish_round_robin(&mut conn, &stream, &rooms, 20).await;
+    let got = collect_envelopes(&mut gateway, 160).await;
+    assert_rooms_complete(&keys, &got, &first);
+
+    let sa = a.stop().await.expect("clean shutdown");
+    assert_eq!(
+        sa.leases_released, 16,
+        "8 handed to b when it came, 8 at shutdown"
+    );
+    eventually("b takes a's partitions", || async move {
+        rb.stats().partitions_owned == 16
+    })
+    .await;
+    let second = publish_round_robin(&mut conn, &stream, &rooms, 20).await;
+    let got = collect_envelopes(&mut gateway, 160).await;
+    for (room, ids) in &second {
+        let channel = keys.room("/", room).into_channel();
+        let sources: Vec<&str> = got[&channel]
+            .iter()
+            .map(|e| e.body.source_id.as_str())
+            .collect();
+        assert_eq!(sources, ids.iter().map(String::as_str).collect::<Vec<_>>());
+        let seqs: Vec<u64> = got[&channel].iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (21..=40).collect::<Vec<u64>>(),
+            "room {room} continues"
+        );
+    }
+    let _ = b.stop().await.expect("clean shutdown");
+}
+
+/// Two processes that both believe they own every partition (here: the same replica id, as a
+/// replica cut off from Redis long enough to lose its leases but still running would): they
+/// apply the same entries concurrently. The per-topic check on the source id still lets each
+/// entry in exactly once, in order — into the channel, the history and the dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_of_the_same_partitions_still_apply_each_entry_once_in_order() {
+    let Setup {
+        redis,
+        mut conn,
+        keys,
+        stream,
+        mut gateway,
+    } = setup().await;
+    let rooms: Vec<String> = (0..10).map(|i| format!("room-{i}")).collect();
+    for room in &rooms {
+        gateway.hold(&keys.room("/", room)).await.expect("holds");
+    }
+    let history = [
+        "--recovery-max-disconnection-ms",
+        "60000",
+        "--fanout-batch-size",
+        "50",
+    ];
+    let a = start_replica(&redis, "twin", &history).await;
+    let b = start_replica(&redis, "twin", &history).await;
+    let (ra, rb) = (&a, &b);
+    eventually("both hold every partition", || async move {
+        ra.stats().partitions_owned == 16 && rb.stats().partitions_owned == 16
+    })
+    .await;
+
+    let mut refused = Vec::new();
+    let mut published: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for round in 0..10 {
+        for (room, ids) in publish_round_robin(&mut conn, &stream, &rooms, 30).await {
+            published.entry(room).or_default().extend(ids);
+        }
+        refused.push(
+            xadd(
+                &mut conn,
+                &stream,
+                &fields(&[("romm", &format!("{round}"))]),
+            )
+            .await,
+        );
+    }
+    let got = collect_envelopes(&mut gateway, 3000).await;
+    assert_rooms_complete(&keys, &got, &published);
+    let last = refused.last().cloned().expect("refused");
+    await_done(&conn, &keys, &a, &last).await;
+    for (room, ids) in &published {
+        let hist = xrange(&mut conn, &keys.room("/", room).history_key(), "-", "+").await;
+        let hist_ids: Vec<&String> = hist.iter().map(|(id, _)| id).collect();
+        assert_eq!(
+            hist_ids,
+            ids.iter().collect::<Vec<_>>(),
+            "room {room}: history once each"
+        );
+    }
+    let dead: Vec<String> = xrange(&mut conn, &keys.dead_letter_stream(), "-", "+")
+        .await
+        .into_iter()
+        .map(|(_, f)| String::from_utf8_lossy(&f[f.len() - 1].1).into_owned())
+        .collect();
+    assert_eq!(dead, refused, "each refused entry dead-lettered once");
+    // The slower of the two goes through everything too (as no-ops).
+    eventually("both committed every entry", || async move {
+        ra.stats().committed >= 3010 && rb.stats().committed >= 3010
+    })
+    .await;
+    let sa = a.stop().await.expect("clean shutdown");
+    let sb = b.stop().await.expect("clean shutdown");
+    assert_eq!(sa.published + sb.published, 3000, "{sa:?} {sb:?}");
+    assert!(
+        sa.published + sb.published + sa.duplicates + sb.duplicates >= 6000,
+        "both applied every entry; one of them won each time: {sa:?} {sb:?}"
+    );
+}
+
+/// The cursor moves only once every effect of a batch is in Redis: while Redis refuses the
+/// topics' scripts (an ACL that denies the room keys: `NOPERM`, retryable), nothing is
+/// committed; once it accepts them, everything arrives in order and is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_committed_before_its_effects_are_in_redis() {
+    let Setup {
+        redis,
+        mut conn,
+        keys,
+        stream,
+        mut gateway,
+    } = setup().await;
+    let room = keys.room("/", "r");
+    gateway.hold(&room).await.expect("holds");
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fanout")
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut conn)
+        .await
+        .expect("ACL SETUSER");
+    let url = format!("redis://fanout:secret@127.0.0.1:{}", redis.port());
+    let fanout =
+        InProcessFanout::start(InProcessFanout::config(&url, &["--fanout-partitions", "1"]))
+            .await
+            .expect("fanout starts");
+    let f = &fanout;
+    eventually("the fanout owns the partition", || async move {
+        f.stats().partitions_owned == 1
+    })
+    .await;
+    // Only its own keys and the publish stream from now on: the topic script is refused.
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fanout")
+        .arg("resetkeys")
+        .arg("~socket.io:fanout:*")
+        .arg("~socket.io:publish*")
+        .query_async(&mut conn)
+        .await
+        .expect("ACL SETUSER");
+    let ids = publish_many(&mut conn, &stream, "r", 3).await;
+    eventually("the refused script calls are retried", || async move {
+        f.stats().retries >= 3
+    })
+    .await;
+    assert!(
+        !done_up_to(&mut conn, &keys, 1, &ids[0]).await,
+        "not committed while refused"
+    );
+    let meta: bool = redis::cmd("EXISTS")
+        .arg(room.meta_key())
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(!meta, "and nothing applied");
+
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("fanout")
+        .arg("~*")
+        .query_async(&mut conn)
+        .await
+        .expect("ACL SETUSER");
+    for (n, id) in ids.iter().enumerate() {
+        let (_, env) = gateway.next_envelope().await;
+        assert_eq!((&env.body.source_id, env.seq), (id, n as u64 + 1));
+    }
+    await_done(&conn, &keys, &fanout, &ids[2]).await;
+    let stats = fanout.stop().await.expect("clean shutdown");
+    assert_eq!((stats.published, stats.committed, stats.dropped), (3, 3, 0));
 }

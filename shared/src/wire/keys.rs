@@ -58,6 +58,27 @@ impl KeySpace {
         format!("{}:session:{{{pid}}}", self.prefix)
     }
 
+    /// Sorted set of live fanout replicas: member = replica id, score = heartbeat expiry (unix ms).
+    /// Each replica takes a fair share of the partitions: `ceil(partitions / live replicas)`.
+    pub fn fanout_replicas(&self) -> String {
+        format!("{}:fanout:replicas", self.prefix)
+    }
+
+    /// Channel on which fanout replicas announce how far their partitions are done
+    /// (`wire::progress`); gateways order deliveries by it.
+    pub fn fanout_progress_channel(&self) -> String {
+        format!("{}:fanout:progress", self.prefix)
+    }
+
+    /// The keys of partition `index` of `partitions` (see `wire::partition`). Both keys share the
+    /// hash tag `{<index>/<partitions>}`; the count is part of the name so that changing
+    /// `FANOUT_PARTITIONS` starts a new set of cursors instead of misreading the old ones.
+    pub fn partition(&self, index: u16, partitions: u16) -> PartitionKeys {
+        PartitionKeys {
+            base: format!("{}:fanout:{{{index}/{partitions}}}", self.prefix),
+        }
+    }
+
     /// The topic of one room in a namespace.
     pub fn room(&self, nsp: &str, room: &str) -> Topic {
         Topic {
@@ -78,6 +99,25 @@ impl KeySpace {
         Topic {
             base: format!("{}:nsp:{{{nsp}}}", self.prefix),
         }
+    }
+}
+
+/// The keys of one fanout partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionKeys {
+    base: String,
+}
+
+impl PartitionKeys {
+    /// String: the id of the replica that owns the partition, with an expiry (the lease).
+    pub fn lease(&self) -> String {
+        format!("{}:lease", self.base)
+    }
+
+    /// String: the id of the last publish-stream entry whose effects on the partition's topics
+    /// are all in Redis. Everything up to it is done; the owner resumes after it.
+    pub fn cursor(&self) -> String {
+        format!("{}:cursor", self.base)
     }
 }
 
@@ -153,6 +193,11 @@ mod tests {
             "socket.io:gateway:{gw-1}:control"
         );
         assert_eq!(ks.namespace("/admin").channel(), "socket.io:nsp:{/admin}");
+        assert_eq!(ks.fanout_replicas(), "socket.io:fanout:replicas");
+        assert_eq!(ks.fanout_progress_channel(), "socket.io:fanout:progress");
+        let p = ks.partition(3, 16);
+        assert_eq!(p.lease(), "socket.io:fanout:{3/16}:lease");
+        assert_eq!(p.cursor(), "socket.io:fanout:{3/16}:cursor");
     }
 
     /// The hash tag is the text between the first `{` and the next `}`; a room containing `}`
@@ -169,5 +214,19 @@ mod tests {
         assert_eq!(tag(t.channel()), tag(&t.members_key()));
         assert_eq!(tag(t.channel()), tag(&t.history_key()));
         assert_eq!(tag(t.channel()), tag(&t.hold_key()));
+    }
+
+    /// A partition's lease and cursor are one slot: its scripts touch a single slot.
+    #[test]
+    fn a_partitions_keys_share_one_slot() {
+        let p = KeySpace::new("p").partition(7, 16);
+        let slot = |k: &str| crate::wire::hash_slot(k.as_bytes());
+        assert_eq!(slot(&p.lease()), slot(&p.cursor()));
+        assert_eq!(slot(&p.lease()), slot("{7/16}"));
+        assert_ne!(
+            p.cursor(),
+            KeySpace::new("p").partition(7, 32).cursor(),
+            "another partition count, other keys"
+        );
     }
 }

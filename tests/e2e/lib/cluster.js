@@ -1,7 +1,7 @@
 "use strict";
-// Test harness: a real Roomcast cluster per test file (its own redis-server, N gateways, one
-// fanout, all on free loopback ports), official socket.io-client sockets connected to it, and
-// small helpers that await events with a safety timeout instead of sleeping.
+// Test harness: a real Roomcast cluster per test file (its own redis-server, N gateways, two
+// fanout replicas by default, all on free loopback ports), official socket.io-client sockets
+// connected to it, and small helpers that await events with a safety timeout instead of sleeping.
 //
 //   const { useCluster, waitFor, collect, record } = require("../lib/cluster");
 //   const cluster = useCluster({ gateways: ["gw-a", "gw-b"] });   // registers before/after hooks
@@ -103,6 +103,14 @@ class Proc {
     const exit = await this.exited;
     clearTimeout(timer);
     return exit;
+  }
+
+  /** SIGKILL, as a crash (nothing is cleaned up); resolves when the process is gone. */
+  async kill() {
+    this.expectedExit = true;
+    if (!this.running) return this.exit;
+    this.child.kill("SIGKILL");
+    return this.exited;
   }
 
   tail(lines = 40) {
@@ -288,9 +296,11 @@ function record(socket) {
 // Redis server.
 
 class RedisServer {
-  constructor(dir, port) {
+  /** `args`: extra redis-server arguments, e.g. ["--appendonly", "yes", "--appendfsync", "always"]. */
+  constructor(dir, port, args = []) {
     this.dir = dir;
     this.port = port;
+    this.args = args;
     this.url = `redis://127.0.0.1:${port}`;
     this.logFile = path.join(dir, "redis.log");
     this.proc = null;
@@ -299,7 +309,7 @@ class RedisServer {
   /** Starts redis-server on this.port (again, after stop()) and waits until it answers PING. */
   async start() {
     if (this.proc && this.proc.running) throw new Error("redis-server already running");
-    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir];
+    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir, ...this.args];
     this.proc = new Proc("redis", REDIS_SERVER, args, process.env, this.logFile);
     await eventually(
       async () => {
@@ -312,6 +322,11 @@ class RedisServer {
 
   async stop() {
     if (this.proc) await this.proc.stop();
+  }
+
+  /** SIGKILL: a crash; only what the AOF (if configured) already has survives. */
+  async kill() {
+    if (this.proc) await this.proc.kill();
   }
 }
 
@@ -521,10 +536,11 @@ const BINARIES = { gateway: "roomcast-gateway", fanout: "roomcast-fanout" };
 const SETTINGS = [
   "REDIS_URL", "REDIS_KEY_PREFIX", "ADMIN_ADDR", "LISTEN_ADDR", "GATEWAY_ID", "NAMESPACES", "TRANSPORTS",
   "MAX_CONNECTIONS", "MAX_PAYLOAD", "MAX_PUBLISH_BYTES", "DEAD_LETTER_MAXLEN", "SHUTDOWN_TIMEOUT_MS",
-  "LOG_FORMAT", "RUST_LOG", "FANOUT_GROUP", "FANOUT_CONSUMER", "FANOUT_BATCH_SIZE", "FANOUT_BLOCK_MS",
+  "LOG_FORMAT", "RUST_LOG", "FANOUT_PARTITIONS", "FANOUT_REPLICA_ID", "FANOUT_LEASE_TTL_MS", "FANOUT_LEASE_RENEW_MS",
+  "FANOUT_BATCH_SIZE", "FANOUT_BLOCK_MS", "DELIVERY_ORDER_WAIT_MS", "DELIVERY_ORDER_MAX_HELD",
   "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT", "WEBSOCKET_UPGRADE_TIMEOUT", "CONNECT_TIMEOUT",
   "MAX_BUFFERED_BYTES", "HEARTBEAT_INTERVAL_MS", "GATEWAY_TTL_MS", "REQUEST_TIMEOUT_MS", "MAX_ROOMS_PER_SOCKET",
-  "MAX_PUBLISH_ROOMS", "CLAIM_MIN_IDLE_MS", "FANOUT_TRIM_INTERVAL_MS",
+  "MAX_PUBLISH_ROOMS", "FANOUT_TRIM_INTERVAL_MS",
   "RECOVERY_MAX_DISCONNECTION_MS", "RECOVERY_SKIP_MIDDLEWARES", "SUBSCRIPTION_PROBE_INTERVAL_MS", "HISTORY_MAX_LEN",
   "JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_ISSUER", "JWT_AUDIENCE", "JWT_LEEWAY_SECONDS", "CORS_ALLOWED_ORIGINS",
   "EVENT_RATE_PER_SECOND", "EVENT_BURST", "CONNECT_RATE_PER_IP", "CONNECT_BURST_PER_IP", "TRUST_X_FORWARDED_FOR",
@@ -568,7 +584,9 @@ class Cluster {
    * @param {object} [options.env] env for every process (gateways and fanout), e.g. the recovery
    *   settings, which all processes of a cluster must share
    * @param {object} [options.gatewayEnv] env for every gateway
-   * @param {object} [options.fanoutEnv] env for the fanout
+   * @param {object} [options.fanoutEnv] env for every fanout replica
+   * @param {number} [options.fanouts] fanout replicas, default 2 (ids fanout-1, fanout-2, …)
+   * @param {string[]} [options.redisArgs] extra redis-server arguments (e.g. AOF settings)
    * @param {string} [options.prefix] REDIS_KEY_PREFIX, default socket.io
    * @param {boolean} [options.redisProxy] gateways reach Redis through a TcpProxy
    *   (`cluster.redisProxy`), to hold their new connections or freeze one
@@ -586,7 +604,8 @@ class Cluster {
     this.redisProxy = null;
     this.gatewaySpecs = (options.gateways || ["gw-a", "gw-b"]).map((g) => (typeof g === "string" ? { id: g } : g));
     this.gateways = [];
-    this.fanout = null;
+    this.fanouts = [];
+    this.fanoutCount = options.fanouts ?? 2;
     this.redisServer = null;
     this.sockets = new Set();
     this._redis = null;
@@ -594,9 +613,23 @@ class Cluster {
     this.started = false;
   }
 
-  /** Everything that runs: redis, gateways, fanout. */
+  /** Every process started so far (restarted ones too): redis, gateways, fanouts. */
   get procs() {
-    return [this.redisServer && this.redisServer.proc, ...this.gateways.map((g) => g.proc), this.fanout && this.fanout.proc].filter(Boolean);
+    return [
+      this.redisServer && this.redisServer.proc,
+      ...this.gateways.map((g) => g.proc),
+      ...this.fanouts.flatMap((f) => f.procs || []),
+    ].filter(Boolean);
+  }
+
+  /** The first fanout replica. */
+  get fanout() {
+    return this.fanouts[0] || null;
+  }
+
+  /** FANOUT_PARTITIONS of this cluster. */
+  get partitions() {
+    return Number({ ...(this.options.env || {}), ...(this.options.fanoutEnv || {}) }.FANOUT_PARTITIONS ?? 16);
   }
 
   async start() {
@@ -607,7 +640,7 @@ class Cluster {
         throw new Error(`${file} does not exist: run \`cargo build --workspace\` first, or set ROOMCAST_BIN_DIR`);
       }
     }
-    this.redisServer = new RedisServer(this.logDir, await freePort());
+    this.redisServer = new RedisServer(this.logDir, await freePort(), this.options.redisArgs || []);
     await this.redisServer.start();
     let gatewayRedisUrl = this.redisServer.url;
     if (this.options.redisProxy) {
@@ -625,12 +658,16 @@ class Cluster {
       SHUTDOWN_TIMEOUT_MS: "2000",
       ...(this.options.env || {}),
     };
-    const adminPort = await freePort();
-    this.fanout = {
-      id: "fanout",
-      adminUrl: `http://127.0.0.1:${adminPort}`,
-      env: { ...common, ADMIN_ADDR: `127.0.0.1:${adminPort}`, ...(this.options.fanoutEnv || {}) },
-    };
+    for (let i = 1; i <= this.fanoutCount; i++) {
+      const adminPort = await freePort();
+      this.fanouts.push({
+        id: `fanout-${i}`,
+        adminUrl: `http://127.0.0.1:${adminPort}`,
+        env: { ...common, ADMIN_ADDR: `127.0.0.1:${adminPort}`, ...(this.options.fanoutEnv || {}) },
+        starts: 0,
+        procs: [],
+      });
+    }
     for (const spec of this.gatewaySpecs) {
       const port = await freePort();
       this.gateways.push({
@@ -649,15 +686,79 @@ class Cluster {
         },
       });
     }
-    for (const c of [this.fanout, ...this.gateways]) {
-      const bin = path.join(BIN_DIR, c === this.fanout ? BINARIES.fanout : BINARIES.gateway);
-      c.proc = new Proc(c.id, bin, [], c.env, path.join(this.logDir, `${c.id}.log`));
+    for (const f of this.fanouts) this._spawnFanout(f);
+    for (const g of this.gateways) {
+      g.proc = new Proc(g.id, path.join(BIN_DIR, BINARIES.gateway), [], g.env, path.join(this.logDir, `${g.id}.log`));
     }
     this.started = true;
     await this.waitReady();
   }
 
-  /** Waits until /readyz of the fanout and every gateway answers 200; fails at once if one exits. */
+  /** Starts a fanout process; each start gets its own replica id (`fanout-1.2`: second start). */
+  _spawnFanout(f) {
+    f.starts += 1;
+    const env = { FANOUT_REPLICA_ID: `${f.id}.${f.starts}`, ...f.env };
+    f.proc = new Proc(f.id, path.join(BIN_DIR, BINARIES.fanout), [], env, path.join(this.logDir, `${f.id}.log`));
+    f.procs.push(f.proc);
+  }
+
+  /** A fanout replica by index (0-based) or id. */
+  fanoutReplica(which) {
+    const f = typeof which === "number" ? this.fanouts[which] : this.fanouts.find((x) => x.id === which);
+    if (!f) throw new Error(`no fanout ${which}`);
+    return f;
+  }
+
+  /** SIGTERM to a fanout replica: it finishes its batch and gives its partitions up. */
+  async stopFanout(which) {
+    const exit = await this.fanoutReplica(which).proc.stop();
+    assert.equal(exit.code, 0, `${this.fanoutReplica(which).id} exits 0 after SIGTERM: ${JSON.stringify(exit)}`);
+  }
+
+  /** `kill -9` of a fanout replica (a crash: its leases stay until they expire). */
+  async killFanout(which) {
+    await this.fanoutReplica(which).proc.kill();
+  }
+
+  /** Starts a stopped or killed fanout replica again (a new process, a new replica id). */
+  async startFanout(which) {
+    const f = this.fanoutReplica(which);
+    if (f.proc && f.proc.running) throw new Error(`${f.id} is running`);
+    this._spawnFanout(f);
+    await eventually(
+      async () => {
+        if (!f.proc.running) throw new GiveUp(`${f.proc.describe()}\n${f.proc.tail(30)}`);
+        return (await httpGet(f.adminUrl + "/readyz")).status === 200;
+      },
+      { timeout: STARTUP_TIMEOUT_MS, message: `${f.id} /readyz 200 after a restart` }
+    );
+  }
+
+  /** GET /stats of a fanout replica (its counters), or null when it does not answer. */
+  async fanoutStats(which) {
+    const { status, body } = await httpGet(this.fanoutReplica(which).adminUrl + "/stats");
+    return status === 200 ? JSON.parse(body) : null;
+  }
+
+  /** Waits until the running fanout replicas share every partition fairly (each its share). */
+  async waitPartitionsShared(timeout = STARTUP_TIMEOUT_MS) {
+    const running = () => this.fanouts.filter((f) => f.proc && f.proc.running);
+    if (running().length === 0) return;
+    await eventually(
+      async () => {
+        const owned = await Promise.all(running().map(async (f) => ((await this.fanoutStats(f.id)) || {}).partitions_owned || 0));
+        const share = Math.ceil(this.partitions / Math.max(1, owned.length));
+        const total = owned.reduce((a, b) => a + b, 0);
+        return total === this.partitions && owned.every((n) => n <= share && (n > 0 || this.partitions < owned.length));
+      },
+      { timeout, message: `the fanout replicas own all ${this.partitions} partitions, each at most its fair share` }
+    );
+  }
+
+  /**
+   * Waits until /readyz of every fanout and gateway answers 200 and the fanout replicas share the
+   * partitions; fails at once if a process exits.
+   */
   async waitReady(timeout = STARTUP_TIMEOUT_MS) {
     await eventually(
       async () => {
@@ -667,15 +768,18 @@ class Cluster {
         const statuses = await this.readyz();
         return Object.values(statuses).every((s) => s === 200);
       },
-      { timeout, message: "fanout and gateways /readyz 200" }
+      { timeout, message: "fanouts and gateways /readyz 200" }
     );
+    await this.waitPartitionsShared(timeout);
   }
 
   components() {
-    return [this.fanout, ...this.gateways].filter(Boolean);
+    return [...this.fanouts, ...this.gateways].filter(Boolean);
   }
 
-  /** {id: status of GET /readyz} for the fanout and every gateway (0: no answer). */
+
+
+  /** {id: status of GET /readyz} for every fanout and gateway (0: no answer). */
   async readyz(endpoint = "/readyz") {
     const out = {};
     await Promise.all(this.components().map(async (c) => (out[c.id] = (await httpGet(c.adminUrl + endpoint)).status)));
@@ -913,7 +1017,7 @@ class Cluster {
       this._redis = null;
     }
     const unexpected = this.procs.filter((p) => !p.running && !p.expectedExit);
-    await Promise.all([...this.gateways, this.fanout].filter((c) => c && c.proc).map((c) => c.proc.stop()));
+    await Promise.all([...this.gateways, ...this.fanouts].filter((c) => c && c.proc).map((c) => c.proc.stop()));
     if (this.redisProxy) await this.redisProxy.close();
     if (this.redisServer) await this.redisServer.stop();
     return unexpected;

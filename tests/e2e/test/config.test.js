@@ -31,6 +31,8 @@ const CASES = {
     { env: { HISTORY_MAX_LEN: "lots" }, names: "HISTORY_MAX_LEN" },
     { env: { SUBSCRIPTION_PROBE_INTERVAL_MS: "5s" }, names: "SUBSCRIPTION_PROBE_INTERVAL_MS" },
     { env: { RECOVERY_SKIP_MIDDLEWARES: "maybe" }, names: "RECOVERY_SKIP_MIDDLEWARES" },
+    { env: { DELIVERY_ORDER_WAIT_MS: "5s" }, names: "DELIVERY_ORDER_WAIT_MS" },
+    { env: { DELIVERY_ORDER_MAX_HELD: "0" }, names: "DELIVERY_ORDER_MAX_HELD" },
   ],
   "roomcast-fanout": [
     { env: { FANOUT_BATCH_SIZE: "many" }, names: "FANOUT_BATCH_SIZE" },
@@ -44,6 +46,11 @@ const CASES = {
     { args: ["--max-publish-bytes", "big"], names: "MAX_PUBLISH_BYTES" },
     { env: { RECOVERY_MAX_DISCONNECTION_MS: "2m" }, names: "RECOVERY_MAX_DISCONNECTION_MS" },
     { env: { HISTORY_MAX_LEN: "0" }, names: "HISTORY_MAX_LEN" },
+    { env: { FANOUT_PARTITIONS: "0" }, names: "FANOUT_PARTITIONS" },
+    { env: { FANOUT_PARTITIONS: "2000" }, names: "FANOUT_PARTITIONS" },
+    { env: { FANOUT_REPLICA_ID: "has space" }, names: "FANOUT_REPLICA_ID" },
+    { env: { FANOUT_LEASE_TTL_MS: "3s" }, names: "FANOUT_LEASE_TTL_MS" },
+    { env: { FANOUT_LEASE_TTL_MS: "1000", FANOUT_LEASE_RENEW_MS: "1000" }, names: "FANOUT_LEASE_RENEW_MS" },
   ],
 };
 

@@ -12,12 +12,12 @@ const cluster = useCluster({ gateways: ["gw-a", "gw-b"] });
 
 const allAre = (status) => async () => {
   const got = await cluster.readyz();
-  assert.deepEqual(got, { fanout: status, "gw-a": status, "gw-b": status });
+  assert.deepEqual(got, { "fanout-1": status, "fanout-2": status, "gw-a": status, "gw-b": status });
   return true;
 };
 
 test("/readyz turns 503 without Redis and 200 with it back; connected clients receive without rejoining", async () => {
-  assert.deepEqual(await cluster.readyz(), { fanout: 200, "gw-a": 200, "gw-b": 200 });
+  assert.deepEqual(await cluster.readyz(), { "fanout-1": 200, "fanout-2": 200, "gw-a": 200, "gw-b": 200 });
 
   const clients = {
     a: await cluster.connect("gw-a", { transports: ["websocket"] }),
@@ -38,7 +38,7 @@ test("/readyz turns 503 without Redis and 200 with it back; connected clients re
 
   await cluster.redisServer.stop();
   await eventually(allAre(503), { message: "every /readyz is 503 while Redis is down" });
-  assert.deepEqual(await cluster.readyz("/healthz"), { fanout: 200, "gw-a": 200, "gw-b": 200 }, "/healthz stays 200");
+  assert.deepEqual(await cluster.readyz("/healthz"), { "fanout-1": 200, "fanout-2": 200, "gw-a": 200, "gw-b": 200 }, "/healthz stays 200");
 
   await cluster.redisServer.start(); // same port, empty data set
   await eventually(allAre(200), { message: "every /readyz is 200 again after Redis is back" });

@@ -113,7 +113,7 @@ async function resubscribed(old, why, gateways = 2) {
 async function readyAgain(why) {
   await eventually(
     async () => {
-      assert.deepEqual(await cluster.readyz(), { fanout: 200, "gw-a": 200, "gw-b": 200 });
+      assert.deepEqual(await cluster.readyz(), { "fanout-1": 200, "fanout-2": 200, "gw-a": 200, "gw-b": 200 });
       return true;
     },
     { message: `every /readyz is 200 again (${why})` }
