@@ -10,7 +10,8 @@ use std::{collections::HashMap, sync::Arc};
 
 use redis::{Value, aio::ConnectionLike};
 use roomcast_shared::wire::{
-    EnvelopeBody, KeySpace, PublishLimits, PublishRequest, StreamId, Target, Topic, partition_of,
+    ControlMessage, EnvelopeBody, KeySpace, PublishEntry, PublishLimits, StreamId, Target, Topic,
+    partition_of,
 };
 use tracing::{Span, debug, info_span};
 
@@ -27,8 +28,10 @@ pub(crate) const CHUNK_BYTES: usize = 8 << 20;
 /// than 8,000 values, so an entry with more field items is dead-lettered with a plain `XADD`.
 const MAX_SCRIPT_DEAD_ITEMS: usize = 7_000;
 
-/// The partition whose owner writes the dead letters: one fixed owner, so each refused entry is
-/// written once (and in stream order, which `dead_letter.lua`'s duplicate check relies on).
+/// The partition whose owner writes the dead letters and relays backend commands: one fixed
+/// owner, so each refused entry is written once (and in stream order, which `dead_letter.lua`'s
+/// duplicate check relies on) and each command relayed once (twice at most after a crash, which
+/// is harmless: commands are idempotent).
 pub(crate) const DEAD_LETTER_PARTITION: u16 = 0;
 
 /// Where a batch's commands go.
@@ -45,6 +48,8 @@ pub(crate) struct BatchContext {
     pub(crate) history_retention_ms: u64,
     /// `FANOUT_PARTITIONS`.
     pub(crate) partitions: u16,
+    /// Where backend commands go to every gateway (`<prefix>:control`).
+    pub(crate) control_channel: String,
 }
 
 /// SHA1s of the scripts, loaded on the connection's server.
@@ -82,6 +87,14 @@ pub(crate) struct TopicItem {
     pub(crate) body: Arc<[u8]>,
 }
 
+/// One backend command, relayed to every gateway on the control channel.
+#[derive(Debug)]
+pub(crate) struct CommandItem {
+    pub(crate) span: Span,
+    /// The encoded `ControlMessage::Command`.
+    pub(crate) payload: Vec<u8>,
+}
+
 /// One refused entry.
 #[derive(Debug)]
 pub(crate) struct DeadItem {
@@ -101,6 +114,8 @@ pub(crate) enum Call {
     /// A plain `XADD` to the dead-letter stream, for an entry with too many fields for the
     /// script (not protected against a duplicate after a crash).
     RawDead { item: DeadItem },
+    /// A `PUBLISH` of a backend command on the control channel.
+    Command { item: CommandItem },
 }
 
 /// A batch's calls, in rounds: a round holds at most one call per topic (and one dead-letter
@@ -124,6 +139,7 @@ impl Plan {
         let mut topics: Vec<(Topic, Vec<TopicItem>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut dead: Vec<DeadItem> = Vec::new();
+        let mut commands: Vec<CommandItem> = Vec::new();
         for entry in entries {
             stats.entries.inc();
             let Some(sid) = StreamId::parse(&entry.id) else {
@@ -139,6 +155,11 @@ impl Plan {
             let routed = span.in_scope(|| route(&id, sid, fields, ctx, owned));
             match routed {
                 Routed::Nothing => {}
+                Routed::Command(payload) => {
+                    if owned.applies(DEAD_LETTER_PARTITION, sid) {
+                        commands.push(CommandItem { span, payload });
+                    }
+                }
                 Routed::Dead {
                     fields,
                     error,
@@ -177,6 +198,10 @@ impl Plan {
             rounds: Vec::new(),
             entries: count,
         };
+        // Commands are independent of each other and of the events: all in the first round.
+        for item in commands {
+            plan.push(0, Call::Command { item });
+        }
         for (topic, items) in topics {
             for (round, chunk) in chunk_by_bytes(items, |i| i.body.len() + 32)
                 .into_iter()
@@ -264,16 +289,34 @@ enum Routed {
         reason: &'static str,
     },
     Topics(Vec<Topic>, Arc<[u8]>),
+    /// A backend command, encoded for the control channel.
+    Command(Vec<u8>),
 }
 
 /// Validates an entry and picks the topics this replica applies it to.
 fn route(id: &str, sid: StreamId, fields: Fields, ctx: &BatchContext, owned: &Ownership) -> Routed {
-    let parsed = PublishRequest::parse(
+    let parsed = PublishEntry::parse(
         fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
         ctx.limits,
     );
     let request = match parsed {
-        Ok(request) => request,
+        Ok(PublishEntry::Event(request)) => request,
+        Ok(PublishEntry::Command(command)) => {
+            let rooms = match command.target {
+                Target::Rooms(rooms) => rooms,
+                Target::Namespace => Vec::new(),
+            };
+            return Routed::Command(
+                ControlMessage::Command {
+                    v: 1,
+                    source_id: id.to_owned(),
+                    nsp: command.nsp,
+                    rooms,
+                    action: command.action,
+                }
+                .encode(),
+            );
+        }
         Err(err) => {
             return Routed::Dead {
                 error: err.to_string(),
@@ -360,6 +403,12 @@ impl Call {
                 }
                 size
             }
+            Self::Command { item } => {
+                pipe.cmd("PUBLISH")
+                    .arg(&ctx.control_channel)
+                    .arg(&item.payload);
+                item.payload.len() + 64
+            }
             Self::RawDead { item } => {
                 let cmd = pipe
                     .cmd("XADD")
@@ -431,6 +480,7 @@ pub(crate) mod tests {
         BatchContext {
             stream: keys.publish_stream(),
             dead_stream: keys.dead_letter_stream(),
+            control_channel: keys.control_channel(),
             keys,
             dead_letter_maxlen: 1000,
             limits: PublishLimits {
@@ -481,10 +531,42 @@ pub(crate) mod tests {
                                 .join(",")
                         ),
                         Call::RawDead { item } => format!("raw-dead {}", item.id),
+                        Call::Command { item } => {
+                            format!("command {}", String::from_utf8_lossy(&item.payload))
+                        }
                     })
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn commands_are_relayed_once_by_the_owner_of_the_dead_letter_partition() {
+        let stats = FanoutStats::default();
+        let entries = || {
+            vec![
+                entry(
+                    "7-0",
+                    &[("command", "join"), ("user", "al"), ("args", r#"["vip"]"#)],
+                ),
+                entry("7-1", &[("command", "disconnect"), ("recover", "true")]),
+            ]
+        };
+        let plan = Plan::build(entries(), &ctx(), &all(), &stats);
+        assert_eq!(
+            describe(&plan),
+            vec![vec![
+                r#"command {"type":"command","v":1,"source_id":"7-0","nsp":"/","rooms":["user:al"],"action":{"do":"join","rooms":["vip"]}}"#.to_owned(),
+                r#"command {"type":"command","v":1,"source_id":"7-1","nsp":"/","rooms":[],"action":{"do":"disconnect","recover":true}}"#.to_owned(),
+            ]]
+        );
+        let others = Ownership::new((1..4).map(|p| (p, StreamId::default())));
+        assert!(
+            Plan::build(entries(), &ctx(), &others, &stats)
+                .rounds
+                .is_empty(),
+            "only the owner of partition 0 relays"
+        );
     }
 
     #[test]

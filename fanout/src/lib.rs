@@ -78,6 +78,7 @@ impl Fanout {
         let ctx = BatchContext {
             stream: keys.publish_stream(),
             dead_stream: keys.dead_letter_stream(),
+            control_channel: keys.control_channel(),
             keys: keys.clone(),
             dead_letter_maxlen: config.dead_letter_maxlen,
             limits: PublishLimits {

@@ -83,6 +83,7 @@ fn for_each_span(call: &Call, mut f: impl FnMut(&tracing::Span)) {
         Call::Topic { items, .. } => items.iter().for_each(|i| f(&i.span)),
         Call::Dead { items } => items.iter().for_each(|i| f(&i.span)),
         Call::RawDead { item } => f(&item.span),
+        Call::Command { item } => f(&item.span),
     }
 }
 
@@ -128,6 +129,17 @@ fn record(call: Call, reply: Value, stats: &FanoutStats) {
                 }
             }
         }
+        Call::Command { item } => match reply {
+            Value::Int(gateways) => {
+                stats.commands.inc();
+                item.span
+                    .in_scope(|| debug!(gateways, "backend command relayed"));
+            }
+            other => {
+                item.span
+                    .in_scope(|| error!(reply = ?other, "unexpected reply to a command PUBLISH"));
+            }
+        },
         Call::RawDead { item } => match reply {
             Value::BulkString(_) | Value::SimpleString(_) => dead_lettered(&item, stats),
             other => {

@@ -14,6 +14,7 @@ pub struct FanoutStats {
     pub(crate) duplicates: Counter,
     pub(crate) receivers: Counter,
     pub(crate) dead_lettered: Counter,
+    pub(crate) commands: Counter,
     pub(crate) dropped: Counter,
     pub(crate) committed: Counter,
     pub(crate) batches: Counter,
@@ -48,6 +49,8 @@ pub struct StatsSnapshot {
     pub receivers: u64,
     /// Invalid entries written to the dead-letter stream (by the owner of partition 0).
     pub dead_lettered: u64,
+    /// Backend commands relayed to the gateways (by the owner of partition 0).
+    pub commands: u64,
     /// Entry effects given up on after a non-retryable Redis error (logged at error).
     pub dropped: u64,
     /// Entries whose batch was committed: every effect in Redis, the partition cursors moved
@@ -95,6 +98,7 @@ impl FanoutStats {
             duplicates: self.duplicates.get(),
             receivers: self.receivers.get(),
             dead_lettered: self.dead_lettered.get(),
+            commands: self.commands.get(),
             dropped: self.dropped.get(),
             committed: self.committed.get(),
             batches: self.batches.get(),

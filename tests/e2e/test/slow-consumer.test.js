@@ -9,8 +9,9 @@ const fs = require("node:fs");
 const { useCluster } = require("../lib/cluster");
 const { RECONNECT, Timeline, startFirehose, concatIds, assertComplete } = require("../lib/recovery");
 
-// Room for bursts (a batch of 50 events of ~2 KB is ~100 KB) but well below what the kernel's
-// socket buffers hold, so the gateway's own queue is what overflows.
+// Room for bursts (a fanout batch of 500 events of ~600 bytes is ~330 KB with the per-packet
+// overhead) but well below what the kernel's socket buffers hold, so the gateway's own queue is
+// what overflows.
 const QUEUE_BYTES = 512 * 1024;
 const cluster = useCluster({
   gateways: [{ id: "gw-a", env: { MAX_BUFFERED_BYTES: String(QUEUE_BYTES) } }, "gw-b"],
@@ -46,8 +47,8 @@ test("a client that stops reading is disconnected recoverably without slowing th
   const PHASE = 1000;
   let detected = false;
   while (!detected) {
-    assert.ok(phases.length < 40, "the slow client was never disconnected (40,000 events of 2 KB published)");
-    const fh = startFirehose(cluster, { rooms, perRoom: PHASE, first: phases.length * PHASE, batch: 50, event: "tick", pad: 2000 });
+    assert.ok(phases.length < 40, "the slow client was never disconnected (40,000 events of 600 bytes published)");
+    const fh = startFirehose(cluster, { rooms, perRoom: PHASE, first: phases.length * PHASE, batch: 50, event: "tick", pad: 500 });
     await fh.done;
     phases.push(fh.ids);
     detected = (await cluster.metrics("gw-a"))[SLOW] >= before + 1;
