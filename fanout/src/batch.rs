@@ -152,6 +152,12 @@ impl Plan {
             };
             let id: Arc<str> = entry.id.into();
             let span = info_span!("entry", id = %id);
+            // The parent must be set before the span is first entered.
+            if let Some((_, traceparent)) = fields.iter().find(|(k, _)| k == b"traceparent")
+                && let Ok(traceparent) = std::str::from_utf8(traceparent)
+            {
+                roomcast_shared::telemetry::continue_trace(&span, traceparent);
+            }
             let routed = span.in_scope(|| route(&id, sid, fields, ctx, owned));
             match routed {
                 Routed::Nothing => {}
@@ -342,6 +348,11 @@ fn route(id: &str, sid: StreamId, fields: Fields, ctx: &BatchContext, owned: &Ow
     if mine.is_empty() {
         return Routed::Nothing;
     }
+    // A traced entry (its span joined the publisher's trace in `Plan::build`): the gateways
+    // continue from this span, or from the publisher's context when spans are not exported here.
+    let traceparent = request.traceparent.map(|publisher| {
+        roomcast_shared::telemetry::traceparent(&Span::current()).unwrap_or(publisher)
+    });
     let body = EnvelopeBody {
         source_id: id.to_owned(),
         nsp: request.nsp,
@@ -349,7 +360,7 @@ fn route(id: &str, sid: StreamId, fields: Fields, ctx: &BatchContext, owned: &Ow
         except: request.except,
         data: request.data,
         published_at_ms: sid.ms,
-        traceparent: request.traceparent,
+        traceparent,
     };
     // Encoded once and shared by every topic of the request.
     match body.encode() {

@@ -8,6 +8,7 @@ mod admin;
 mod batch;
 mod config;
 mod leases;
+mod metrics;
 mod outage;
 mod processor;
 mod settle;
@@ -105,6 +106,7 @@ impl Fanout {
             admin,
             readiness.clone(),
             stats.clone(),
+            metrics::registry(stats.clone(), config.replica_id.as_str().into()),
             root.child_token(),
         ));
         let leases = Leases {

@@ -19,7 +19,10 @@ async fn main() -> ExitCode {
         eprintln!("roomcast-fanout: cannot set up logging: {error:#}");
         return ExitCode::FAILURE;
     }
-    match start(config).await {
+    let result = start(config).await;
+    // The trace exporter blocks while it flushes; keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(telemetry::shutdown).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "roomcast-fanout failed");

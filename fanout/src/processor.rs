@@ -262,6 +262,7 @@ impl Processor {
         cancel: &CancellationToken,
     ) -> Result<Done, SessionError> {
         self.stats.batches.inc();
+        self.stats.batch_size.0.observe(entries.len() as f64);
         self.stats.in_flight.set(entries.len() as u64);
         let owned = Ownership::new(
             active

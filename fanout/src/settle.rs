@@ -151,7 +151,7 @@ fn record(call: Call, reply: Value, stats: &FanoutStats) {
 }
 
 fn dead_lettered(item: &DeadItem, stats: &FanoutStats) {
-    stats.dead_lettered.inc();
+    stats.dead_letter(item.reason);
     item.span.in_scope(|| {
         warn!(error = %item.error, reason = item.reason, id = %item.id, "dead-lettered publish entry");
     });

@@ -2,6 +2,12 @@
 //! readable by tests and served as JSON on the admin endpoint's `/stats` (Prometheus export
 //! comes later).
 
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::metrics::histogram::Histogram;
 use roomcast_shared::counter::{Counter, Gauge};
 use serde::Serialize;
 
@@ -31,6 +37,22 @@ pub struct FanoutStats {
     pub(crate) in_flight: Gauge,
     pub(crate) backlog: Gauge,
     pub(crate) oldest_unprocessed_age_ms: Gauge,
+    /// Dead-lettered entries by reason (`PublishError::reason`, a small fixed set).
+    pub(crate) dead_reasons: Mutex<BTreeMap<&'static str, u64>>,
+    /// Entries per batch read.
+    pub(crate) batch_size: BatchSizes,
+}
+
+/// A histogram of batch sizes.
+#[derive(Debug)]
+pub(crate) struct BatchSizes(pub(crate) Histogram);
+
+impl Default for BatchSizes {
+    fn default() -> Self {
+        Self(Histogram::new([
+            1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+        ]))
+    }
 }
 
 /// A point-in-time copy of [`FanoutStats`].
@@ -90,6 +112,25 @@ pub struct StatsSnapshot {
 }
 
 impl FanoutStats {
+    pub(crate) fn dead_letter(&self, reason: &'static str) {
+        self.dead_lettered.inc();
+        *self
+            .dead_reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    pub(crate) fn dead_reasons(&self) -> Vec<(&'static str, u64)> {
+        self.dead_reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect()
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             entries: self.entries.get(),

@@ -175,9 +175,19 @@ impl Dispatcher {
         src: StreamId,
     ) -> Delivered {
         let body = &envelope.body;
-        let _span =
-            tracing::debug_span!("deliver", source_id = %body.source_id, seq = envelope.seq)
-                .entered();
+        // A traced message (the publisher sent a traceparent) gets a span in its trace; the rest
+        // stay at debug, which costs nothing unless enabled.
+        let span = match &body.traceparent {
+            Some(traceparent) => {
+                let span = tracing::info_span!("deliver", source_id = %body.source_id, seq = envelope.seq, channel);
+                roomcast_shared::telemetry::continue_trace(&span, traceparent);
+                span
+            }
+            None => {
+                tracing::debug_span!("deliver", source_id = %body.source_id, seq = envelope.seq)
+            }
+        };
+        let _span = span.entered();
         let first_copy = body.rooms.len() <= 1 || self.recent.first_sighting(src);
         // Sent after a message with a larger source id (a gap repair, or a release the orderer
         // could not wait for): recovery must know, for every topic whose members get it now.
@@ -392,6 +402,15 @@ impl Delivery {
         let out = self.dispatch.deliver_in_order(&channel, &envelope, src);
         if out.late {
             self.stats.late_deliveries.inc();
+        }
+        if out.sockets > 0 {
+            self.stats.events_delivered.add(out.sockets as u64);
+            let latency_ms =
+                roomcast_shared::clock::unix_ms().saturating_sub(envelope.body.published_at_ms);
+            self.stats
+                .delivery_latency
+                .0
+                .observe(latency_ms as f64 / 1000.0);
         }
         out
     }

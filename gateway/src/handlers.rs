@@ -199,14 +199,19 @@ impl Gateway {
                 Ok(Some(accepted))
             }
             Ok(None) => {
+                sessions.stats.recoveries_expired.inc();
                 tracing::debug!("no session to recover (expired or unknown)");
                 Ok(None)
             }
             Err(error) if error.is_transient() => {
+                sessions.stats.recoveries_retry.inc();
                 tracing::info!(%error, "session not recovered this time; the client will retry");
                 Err(format!("unavailable: {error}"))
             }
             Err(error) => {
+                if matches!(error, RestoreError::HistoryGone) {
+                    sessions.stats.recoveries_history_gone.inc();
+                }
                 tracing::info!(%error, "session not recovered; starting a fresh one");
                 Ok(None)
             }

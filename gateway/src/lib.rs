@@ -186,12 +186,15 @@ pub async fn run(
         close_connections.clone(),
         connections.clone(),
     );
+    let connection_stats = sio.stats();
+    let engine = Engine::new(Arc::new(sio), engine_config(&config));
     let registry = metrics::registry(metrics::Sources {
         stats: stats.clone(),
-        connections: sio.stats(),
+        connections: connection_stats,
+        engine: engine.stats(),
         rooms: rooms.clone(),
+        gateway_id: gateway_id.clone(),
     });
-    let engine = Engine::new(Arc::new(sio), engine_config(&config));
     let router = roomcast_shared::health::routes(readiness.clone())
         .merge(metrics::routes(registry))
         .merge(engine.router());

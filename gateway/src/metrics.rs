@@ -13,13 +13,20 @@ use prometheus_client::{
 };
 use roomcast_shared::counter::Counter;
 
-use crate::{eio::DisconnectReason, rooms::LocalRooms, sio::SioStats, stats::GatewayStats};
+use crate::{
+    eio::{DisconnectReason, EngineStats},
+    rooms::LocalRooms,
+    sio::SioStats,
+    stats::GatewayStats,
+};
 
 /// Everything the gateway exposes.
 pub(crate) struct Sources {
     pub(crate) stats: Arc<GatewayStats>,
     pub(crate) connections: Arc<SioStats>,
+    pub(crate) engine: Arc<EngineStats>,
     pub(crate) rooms: Arc<LocalRooms>,
+    pub(crate) gateway_id: Arc<str>,
 }
 
 struct GatewayCollector(Sources);
@@ -76,8 +83,23 @@ impl Collector for GatewayCollector {
         let Sources {
             stats,
             connections,
+            engine,
             rooms,
+            gateway_id,
         } = &self.0;
+        {
+            let mut info = e.encode_descriptor(
+                "roomcast_gateway_build_info",
+                "Version of this gateway (value 1).",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("gateway_id", &**gateway_id),
+            ];
+            ConstGauge::new(1i64).encode(info.encode_family(&labels)?)?;
+        }
         let open = connections.open.load(Ordering::Relaxed);
         gauge(
             &mut e,
@@ -142,18 +164,65 @@ impl Collector for GatewayCollector {
                 stats.events_rate_limited.get(),
             )],
         )?;
+        counter(
+            &mut e,
+            "roomcast_gateway_events_delivered",
+            "Events queued to client sockets (one per socket per event).",
+            &stats.events_delivered,
+        )?;
+        counter(
+            &mut e,
+            "roomcast_gateway_written_bytes",
+            "Bytes written to clients (WebSocket frames and long-polling bodies).",
+            &engine.bytes_written,
+        )?;
+        stats.delivery_latency.0.encode(e.encode_descriptor(
+            "roomcast_gateway_delivery_latency_seconds",
+            "Time from publish (the stream entry's time) to the packet being queued to the gateway's sockets, once per event and gateway.",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?)?;
+        let failed = stats.recoveries_failed.get();
+        let known = stats.recoveries_expired.get()
+            + stats.recoveries_history_gone.get()
+            + stats.recoveries_wrong_user.get()
+            + stats.recoveries_retry.get();
         labelled(
             &mut e,
             "roomcast_gateway_recoveries",
-            "Connection state recovery attempts, by result.",
+            "Connection state recovery attempts, by result: ok, or why the client got a fresh session (expired: unknown pid or past the window), or retry (failed for now; the client reconnects).",
             &[
                 ([("result", "ok")], stats.recoveries.get()),
-                ([("result", "failed")], stats.recoveries_failed.get()),
+                ([("result", "expired")], stats.recoveries_expired.get()),
+                (
+                    [("result", "history_gone")],
+                    stats.recoveries_history_gone.get(),
+                ),
                 (
                     [("result", "wrong_user")],
                     stats.recoveries_wrong_user.get(),
                 ),
+                ([("result", "retry")], stats.recoveries_retry.get()),
+                ([("result", "other")], failed.saturating_sub(known)),
             ],
+        )?;
+        counter(
+            &mut e,
+            "roomcast_gateway_late_deliveries",
+            "Events sent after a newer one (gap repairs, forced releases); recovery accounts for them.",
+            &stats.late_deliveries,
+        )?;
+        counter(
+            &mut e,
+            "roomcast_gateway_order_forced",
+            "Events released before every fanout partition was known to be done up to them.",
+            &stats.order_forced,
+        )?;
+        gauge(
+            &mut e,
+            "roomcast_gateway_order_held",
+            "Events held now, waiting for slower fanout partitions.",
+            i64::try_from(stats.order_held.get()).unwrap_or(i64::MAX),
         )?;
         counter(
             &mut e,

@@ -1,6 +1,7 @@
 //! The gateway's counters. Kept as plain atomics so the hot paths pay one relaxed add; the
 //! operations issue exports them as Prometheus metrics.
 
+use prometheus_client::metrics::histogram::Histogram;
 use roomcast_shared::counter::{Counter, Gauge};
 
 #[derive(Debug, Default)]
@@ -9,6 +10,17 @@ pub(crate) struct GatewayStats {
     pub(crate) recoveries: Counter,
     /// Clients that asked to recover but got a fresh session (expired, unknown, history gone).
     pub(crate) recoveries_failed: Counter,
+    /// ...of which: no session (unknown pid, or the window passed).
+    pub(crate) recoveries_expired: Counter,
+    /// ...of which: history no longer covers what the client missed.
+    pub(crate) recoveries_history_gone: Counter,
+    /// Recoveries that failed for now (Redis, ordering, a slow client); the client retries.
+    pub(crate) recoveries_retry: Counter,
+    /// Events queued to client sockets (one per socket per event).
+    pub(crate) events_delivered: Counter,
+    /// Time from publish (the stream entry's time) to the gateway's queuing of the packet, once
+    /// per event and gateway.
+    pub(crate) delivery_latency: LatencyHistogram,
     /// Events written by recovery replays.
     pub(crate) replayed_events: Counter,
     /// Gaps on the live path filled from history, and the messages that filled them.
@@ -42,6 +54,18 @@ pub(crate) struct GatewayStats {
     pub(crate) late_deliveries: Counter,
     /// Messages held now, waiting for slower fanout partitions.
     pub(crate) order_held: Gauge,
+}
+
+/// A latency histogram in seconds, 0.5 ms to 10 s.
+#[derive(Debug)]
+pub(crate) struct LatencyHistogram(pub(crate) Histogram);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self(Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+        ]))
+    }
 }
 
 impl GatewayStats {

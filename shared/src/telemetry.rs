@@ -118,7 +118,8 @@ impl Injector for Out {
 }
 
 /// Makes `span` continue the trace of a W3C `traceparent` (from a publisher, or the previous
-/// service). Does nothing when spans are not exported or the value is not a valid context.
+/// service). Call it before the span is first entered. Does nothing when spans are not exported
+/// or the value is not a valid context.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     let cx = TraceContextPropagator::new().extract(&One(traceparent));
     if cx.span().span_context().is_valid() {

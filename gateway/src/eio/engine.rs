@@ -114,8 +114,16 @@ pub struct Engine<H: EngineHandler> {
 
 pub(super) type Socket<H> = Arc<EngineSocket<<H as EngineHandler>::Data>>;
 
+/// What the transports wrote, for metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Bytes written to clients (WebSocket frame payloads and long-polling bodies).
+    pub bytes_written: roomcast_shared::counter::Counter,
+}
+
 pub(super) struct Shared<H: EngineHandler> {
     pub(super) config: EngineConfig,
+    pub(super) stats: Arc<EngineStats>,
     handler: Arc<H>,
     sessions: Mutex<HashMap<Arc<str>, Socket<H>>>,
     /// Cleared when draining: new sessions are refused so clients go to another server.
@@ -128,6 +136,7 @@ impl<H: EngineHandler> Engine<H> {
             shared: Arc::new(Shared {
                 config,
                 handler,
+                stats: Arc::default(),
                 sessions: Mutex::default(),
                 accepting: std::sync::atomic::AtomicBool::new(true),
             }),
@@ -165,6 +174,10 @@ impl<H: EngineHandler> Engine<H> {
             .route(&format!("{path}/"), any(handle::<H>))
             .route(path, any(handle::<H>))
             .with_state(self.shared.clone())
+    }
+
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.shared.stats.clone()
     }
 
     /// Sessions currently open.
@@ -274,7 +287,7 @@ async fn dispatch<H: EngineHandler>(engine: Arc<Shared<H>>, req: Request) -> Res
                 return HttpError::BadRequest.into_response();
             }
             match *req.method() {
-                Method::GET => polling::poll(&socket).await,
+                Method::GET => polling::poll(&socket, &engine.stats).await,
                 Method::POST => polling::post(&engine, &socket, req.into_body()).await,
                 _ => HttpError::BadHandshakeMethod.into_response(),
             }

@@ -13,7 +13,7 @@ mod socket;
 mod ws;
 
 pub use cors::AllowedOrigins;
-pub use engine::{Engine, EngineConfig, EngineHandler, Refusal};
+pub use engine::{Engine, EngineConfig, EngineHandler, EngineStats, Refusal};
 pub use packet::{Message, PacketError, Str};
 // Public for the fuzz targets in fuzz/ only; not an API.
 #[doc(hidden)]

@@ -8,7 +8,7 @@ use axum::{
 use bytes::Bytes;
 
 use super::{
-    engine::{EngineHandler, HttpError, Shared, Socket, text_response},
+    engine::{EngineHandler, EngineStats, HttpError, Shared, Socket, text_response},
     packet::{Inbound, encode_payload},
     socket::{DisconnectReason, EngineSocket, Handshake, Transport},
 };
@@ -25,7 +25,7 @@ pub(super) fn handshake<H: EngineHandler>(
 }
 
 /// A GET: waits until there is something to send, then sends everything queued.
-pub(super) async fn poll<D>(socket: &EngineSocket<D>) -> Response {
+pub(super) async fn poll<D>(socket: &EngineSocket<D>, stats: &EngineStats) -> Response {
     if !socket.begin_poll() {
         // Two GETs at once: a broken or hostile client. Node closes the session too.
         socket.close(DisconnectReason::Overlap);
@@ -57,6 +57,7 @@ pub(super) async fn poll<D>(socket: &EngineSocket<D>) -> Response {
         writable.await;
     };
     guard.finished = true;
+    stats.bytes_written.add(body.len() as u64);
     text_response(body, TEXT)
 }
 

@@ -184,7 +184,7 @@ async fn run<H: EngineHandler>(engine: &Shared<H>, socket: &Socket<H>, mut ws: W
         if !queued.is_empty() {
             tokio::select! {
                 _ = socket.closed() => break,
-                written = write(&mut ws, queued) => if let Err(error) = written {
+                written = write(&mut ws, queued, &engine.stats.bytes_written) => if let Err(error) = written {
                     tracing::debug!(sid = %socket.id, %error, "WebSocket write failed");
                     socket.close(DisconnectReason::TransportError);
                     break;
@@ -231,7 +231,9 @@ async fn run<H: EngineHandler>(engine: &Shared<H>, socket: &Socket<H>, mut ws: W
 async fn write(
     ws: &mut Ws,
     packets: VecDeque<Outbound>,
+    bytes_written: &roomcast_shared::counter::Counter,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut bytes = 0;
     for packet in packets {
         let frame = match packet {
             Outbound::Message(m) => Frame::Text(m.frame().clone()),
@@ -239,7 +241,10 @@ async fn write(
             Outbound::Ping => Frame::Text(Utf8Bytes::from_static("2")),
             Outbound::Pong => Frame::Text(Utf8Bytes::from_static("3")),
         };
+        bytes += frame.len();
         ws.feed(frame).await?;
     }
-    ws.flush().await
+    ws.flush().await?;
+    bytes_written.add(bytes as u64);
+    Ok(())
 }

@@ -967,11 +967,13 @@ class Cluster {
   }
 
   /**
-   * A gateway's /metrics as {"name{labels}": value}, e.g.
+   * A gateway's or fanout replica's /metrics as {"name{labels}": value}, e.g.
    * m['roomcast_gateway_joins_refused_total{reason="forbidden"}'].
    */
   async metrics(which) {
-    const res = await fetch(`${this.gateway(which).url}/metrics`);
+    const c = this.components().find((x) => x.id === which);
+    if (!c) throw new Error(`no gateway or fanout named ${which}`);
+    const res = await fetch(`${c.adminUrl}/metrics`);
     if (res.status !== 200) throw new Error(`/metrics of ${which}: HTTP ${res.status}`);
     const out = {};
     for (const line of (await res.text()).split("\n")) {
