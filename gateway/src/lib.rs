@@ -119,6 +119,7 @@ pub async fn run(
             readiness: readiness.clone(),
             interval: config.heartbeat_interval,
             ttl: config.gateway_ttl,
+            stats: stats.clone(),
         }
         .run(background_stop.clone()),
     );

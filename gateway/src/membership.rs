@@ -21,6 +21,7 @@ pub(crate) struct Membership {
     pub(crate) readiness: Readiness,
     pub(crate) interval: Duration,
     pub(crate) ttl: Duration,
+    pub(crate) stats: Arc<crate::stats::GatewayStats>,
 }
 
 impl Membership {
@@ -53,6 +54,7 @@ impl Membership {
                     self.readiness.set(READY_REDIS, true);
                 }
                 Err(error) => {
+                    self.stats.redis_errors.inc();
                     if healthy {
                         tracing::warn!(%error, "Redis heartbeat failed; not ready until it succeeds");
                     }

@@ -256,6 +256,12 @@ impl Collector for GatewayCollector {
         )?;
         counter(
             &mut e,
+            "roomcast_gateway_redis_errors",
+            "Redis commands or connections that failed (then retried or reconnected).",
+            &stats.redis_errors,
+        )?;
+        counter(
+            &mut e,
             "roomcast_gateway_subscription_probe_failures",
             "Liveness probes of the subscription connection that went unanswered.",
             &stats.probe_failures,

@@ -150,10 +150,12 @@ impl Sessions {
         }
         let mut commands = self.commands.clone();
         let sid = record.sid;
+        let stats = self.stats.clone();
         async move {
             match pipe.query_async::<()>(&mut commands).await {
                 Ok(()) => tracing::debug!(%sid, "session saved"),
                 Err(error) => {
+                    stats.redis_errors.inc();
                     tracing::warn!(%error, %sid, "could not save a session; the client will get a fresh one")
                 }
             }

@@ -16,6 +16,9 @@ pub(crate) struct GatewayStats {
     pub(crate) recoveries_history_gone: Counter,
     /// Recoveries that failed for now (Redis, ordering, a slow client); the client retries.
     pub(crate) recoveries_retry: Counter,
+    /// Redis commands or connections that failed (heartbeats, subscription rounds, session
+    /// writes); each is retried or reconnected.
+    pub(crate) redis_errors: Counter,
     /// Events queued to client sockets (one per socket per event).
     pub(crate) events_delivered: Counter,
     /// Time from publish (the stream entry's time) to the gateway's queuing of the packet, once

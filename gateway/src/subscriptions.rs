@@ -70,6 +70,7 @@ impl Subscriptions {
             let (mut sink, stream) = match pubsub {
                 Ok(pubsub) => pubsub.split(),
                 Err(error) => {
+                    self.stats.redis_errors.inc();
                     if !outage_logged {
                         tracing::warn!(%error, "cannot open the Redis subscription connection; retrying");
                         outage_logged = true;
@@ -143,6 +144,7 @@ impl Subscriptions {
                         self.readiness.set(READY_SUBSCRIPTIONS, true);
                     }
                     Err(error) => {
+                        self.stats.redis_errors.inc();
                         tracing::warn!(%error, "applying room subscriptions failed; reconnecting");
                         break;
                     }
