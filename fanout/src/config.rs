@@ -175,19 +175,7 @@ fn parse_replica_id(s: &str) -> Result<String, String> {
 /// restarted replica never mistakes the leases of its predecessor (which may still be running,
 /// cut off) for its own.
 fn default_replica_id() -> String {
-    let host: String = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .take(100)
-        .collect();
-    let host = if host.is_empty() {
-        "fanout".to_owned()
-    } else {
-        host
-    };
-    format!("{host}-{:08x}", rand::random::<u32>())
+    roomcast_shared::config::instance_id("fanout")
 }
 
 impl FanoutConfig {

@@ -325,21 +325,9 @@ fn parse_namespace(s: &str) -> Result<String, String> {
 impl GatewayConfig {
     /// The configured gateway id, or `<hostname>-<random>`.
     pub fn resolved_gateway_id(&self) -> String {
-        self.gateway_id.clone().unwrap_or_else(|| {
-            let host: String = hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                .take(100)
-                .collect();
-            let host = if host.is_empty() {
-                "gateway".to_owned()
-            } else {
-                host
-            };
-            format!("{host}-{:08x}", rand::random::<u32>())
-        })
+        self.gateway_id
+            .clone()
+            .unwrap_or_else(|| roomcast_shared::config::instance_id("gateway"))
     }
 }
 

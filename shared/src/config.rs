@@ -156,6 +156,26 @@ fn parse_key_prefix(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// A default instance id: `<hostname>-<8 random hex digits>` (hostname reduced to letters,
+/// digits and `-_.`, at most 100 characters; `fallback` without one). Random so that a restarted
+/// process never mistakes what its predecessor left in Redis (which may still be running, cut
+/// off) for its own.
+pub fn instance_id(fallback: &str) -> String {
+    let host: String = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(100)
+        .collect();
+    let host = if host.is_empty() {
+        fallback.to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
