@@ -65,11 +65,16 @@ test("one trace spans publish → fanout → gateway delivery", async () => {
     { message: `spans of trace ${traceId} from the fanout and the gateway (received: ${JSON.stringify(spans.map((x) => [x.service, x.name, x.traceId]))})` }
   );
   const t = inTrace();
-  const fanout = t.find((x) => x.service === "roomcast-fanout");
+  // Every replica reads every entry, so each has an `entry` span in the trace (the ones that do
+  // not own the room just skip it); the gateway continues from the owner's.
+  const fanoutSpans = t.filter((x) => x.service === "roomcast-fanout");
+  for (const f of fanoutSpans) assert.equal(f.parentSpanId, publisherSpan, "fanout spans continue the publisher's span");
   const gateway = t.find((x) => x.service === "roomcast-gateway" && x.name === "deliver");
   assert.ok(gateway, `a deliver span on the gateway: ${JSON.stringify(t)}`);
-  assert.equal(fanout.parentSpanId, publisherSpan, "the fanout span continues the publisher's span");
-  assert.equal(gateway.parentSpanId, fanout.spanId, "the gateway's delivery span continues the fanout's");
+  assert.ok(
+    fanoutSpans.some((f) => f.spanId === gateway.parentSpanId),
+    `the gateway's delivery span continues a fanout span: ${JSON.stringify(t)}`
+  );
 
   // Untraced messages are not recorded.
   const count = spans.length;
