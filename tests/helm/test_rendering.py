@@ -310,6 +310,16 @@ def test_bundled_redis_has_aof_on_and_the_binaries_point_at_it():
         assert m.env(component)["REDIS_URL"] == url
 
 
+def test_bundled_redis_without_persistence_uses_an_empty_dir(tmp_path):
+    m = render(
+        values={"redis": {"enabled": True, "persistence": {"enabled": False}}, "auth": {"existingSecret": "jwt"}},
+        tmp_path=tmp_path,
+    )
+    sts = m.get("StatefulSet")
+    assert "volumeClaimTemplates" not in sts["spec"]
+    assert sts["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+
+
 def test_bundled_redis_maxmemory_is_below_its_memory_limit():
     m = scenario("bundled-redis")
     container = m.get("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
