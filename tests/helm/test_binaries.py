@@ -28,7 +28,7 @@ INTENDED_DEFAULTS = {
     "LOG_FORMAT": "json",  # log collectors
     "TRUST_X_FORWARDED_FOR": "true",  # behind the ingress
 }
-HOST_SPECIFIC_DEFAULTS = {"FANOUT_CONSUMER"}  # the binary's default is its hostname
+HOST_SPECIFIC_DEFAULTS = {"FANOUT_REPLICA_ID"}  # the binary's default: hostname + random
 
 
 def binary(component):

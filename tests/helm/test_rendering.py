@@ -61,13 +61,22 @@ def port_number(container, port):
 
 @all_scenarios
 def test_gateway_drain_fits_in_the_grace_period(name):
+    """preStop sleep, then after SIGTERM: serve on (DRAIN_DELAY_MS), close the connections
+    (DRAIN_PERIOD_MS), save the sessions (SHUTDOWN_TIMEOUT_MS); all before the kill."""
     m = scenario(name)
     spec = pod_spec(m, "gateway")
-    sleep = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
-    shutdown_s = int(m.env("gateway")["SHUTDOWN_TIMEOUT_MS"]) / 1000
+    sleep = spec["containers"][0].get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    env = m.env("gateway")
+    drain_s = sum(int(env[v]) for v in ("DRAIN_DELAY_MS", "DRAIN_PERIOD_MS", "SHUTDOWN_TIMEOUT_MS")) / 1000
     grace = spec["terminationGracePeriodSeconds"]
-    assert 0 < sleep < grace
-    assert sleep + shutdown_s < grace, (sleep, shutdown_s, grace)
+    assert int(env["DRAIN_DELAY_MS"]) > 0 or sleep > 0, "nothing keeps serving while the endpoints update"
+    assert sleep + drain_s < grace, (sleep, drain_s, grace)
+
+
+def test_a_pre_stop_sleep_is_rendered_only_when_asked_for(tmp_path):
+    assert "lifecycle" not in scenario("defaults").container("gateway")
+    m = render(DEFAULTS, values={"gateway": {"preStopSleepSeconds": 3}}, tmp_path=tmp_path)
+    assert m.container("gateway")["lifecycle"] == {"preStop": {"sleep": {"seconds": 3}}}
 
 
 @all_scenarios
@@ -80,8 +89,9 @@ def test_fanout_shutdown_fits_in_the_grace_period(name):
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"gateway": {"terminationGracePeriodSeconds": 15}}, "gateway.terminationGracePeriodSeconds (15)"),
-        ({"gateway": {"preStopSleepSeconds": 25}}, "gateway.terminationGracePeriodSeconds (30)"),
+        ({"gateway": {"terminationGracePeriodSeconds": 25}}, "gateway.terminationGracePeriodSeconds (25)"),
+        ({"gateway": {"preStopSleepSeconds": 15}}, "gateway.terminationGracePeriodSeconds (40)"),
+        ({"gateway": {"config": {"drainPeriodMs": 30000}}}, "(45 s in all)"),
         ({"gateway": {"config": {"shutdownTimeoutMs": 29000}}}, "gateway.terminationGracePeriodSeconds"),
         ({"fanout": {"terminationGracePeriodSeconds": 10}}, "fanout.terminationGracePeriodSeconds (10)"),
     ],
@@ -363,15 +373,24 @@ def test_gateways_and_fanouts_agree_on_shared_settings(name):
 
 @all_scenarios
 def test_per_pod_ids_come_from_the_pod_name(name):
+    """A fixed id in a ConfigMap would be shared by every replica: ids come from the pod."""
     m = scenario(name)
-    assert m.env("fanout")["FANOUT_CONSUMER"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert m.env("gateway")["GATEWAY_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    pod_name = {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert m.env("gateway")["GATEWAY_ID"] == pod_name
+    wanted = values_of(name)["fanout"]["podNameAsReplicaId"]
+    assert m.env("fanout").get("FANOUT_REPLICA_ID") == (pod_name if wanted else None)
+
+
+def test_lease_renewal_must_be_below_the_lease_ttl(tmp_path):
+    with pytest.raises(RenderError) as err:
+        render(DEFAULTS, values={"fanout": {"config": {"leaseRenewMs": 3000}}}, tmp_path=tmp_path)
+    assert "fanout.config.leaseRenewMs (3000) must be below fanout.config.leaseTtlMs (3000)" in str(err.value)
 
 
 def test_extra_env_adds_settings_but_cannot_shadow_the_charts(tmp_path):
     m = render(DEFAULTS, values={"gateway": {"extraEnv": {"OTEL_SERVICE_NAME": "gw"}}}, tmp_path=tmp_path)
     assert m.env("gateway")["OTEL_SERVICE_NAME"] == "gw"
-    for component, name in (("gateway", "WEBSOCKET_PING_INTERVAL"), ("gateway", "JWT_SECRET"), ("fanout", "FANOUT_CONSUMER"), ("fanout", "REDIS_URL")):
+    for component, name in (("gateway", "WEBSOCKET_PING_INTERVAL"), ("gateway", "JWT_SECRET"), ("fanout", "FANOUT_REPLICA_ID"), ("fanout", "FANOUT_PARTITIONS"), ("fanout", "REDIS_URL")):
         with pytest.raises(RenderError) as err:
             render(DEFAULTS, values={component: {"extraEnv": {name: "1"}}}, tmp_path=tmp_path)
         assert f"{component}.extraEnv.{name}" in str(err.value)
@@ -432,7 +451,7 @@ def test_autoscaling_leaves_replicas_to_the_hpa():
     resources = {x["resource"]["name"] for x in hpa["spec"]["metrics"]}
     assert resources == {"cpu", "memory"}
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
-    assert m.workload("fanout")["spec"]["replicas"] == 2
+    assert m.workload("fanout")["spec"]["replicas"] == 3
 
 
 def test_gateways_spread_over_zones_and_nodes():
@@ -443,12 +462,12 @@ def test_gateways_spread_over_zones_and_nodes():
     assert all(selector_matches(c["labelSelector"]["matchLabels"], labels) for c in spread)
 
 
-def test_rolling_updates_keep_gateway_capacity_and_never_overlap_fanouts():
+def test_rolling_updates_keep_capacity():
     m = scenario("defaults")
-    gw = m.workload("gateway")["spec"]["strategy"]["rollingUpdate"]
-    assert gw["maxUnavailable"] == 0 and gw["maxSurge"] >= 1
-    fo = m.workload("fanout")["spec"]["strategy"]["rollingUpdate"]
-    assert fo["maxSurge"] == 0
+    for component in ("gateway", "fanout"):
+        strategy = m.workload(component)["spec"]["strategy"]["rollingUpdate"]
+        assert strategy["maxUnavailable"] == 0 and strategy["maxSurge"] >= 1, component
+    assert m.workload("fanout")["spec"]["replicas"] >= 2, "a fanout crash must not stop delivery"
 
 
 # --- Monitoring -------------------------------------------------------------------------------

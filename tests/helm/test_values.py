@@ -118,6 +118,8 @@ def test_schema_rejects_unknown_keys(tmp_path, values, message):
         {"gateway": {"config": {"pingIntervalMs": 0}}},
         {"gateway": {"config": {"eventRatePerSecond": 0}}},
         {"fanout": {"config": {"batchSize": 1.5}}},
+        {"fanout": {"config": {"partitions": 2000}}},
+        {"tracing": {"otlpProtocol": "grpc"}},
         {"recovery": {"maxDisconnectionMs": -1}},
         {"logging": {"format": "xml"}},
         {"redis": {"appendfsync": "no"}},

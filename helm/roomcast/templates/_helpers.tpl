@@ -101,12 +101,19 @@ RECOVERY_MAX_DISCONNECTION_MS: {{ include "roomcast.int" .Values.recovery.maxDis
 HISTORY_MAX_LEN: {{ include "roomcast.int" .Values.recovery.historyMaxLen }}
 LOG_FORMAT: {{ .Values.logging.format | quote }}
 RUST_LOG: {{ .Values.logging.level | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+{{- end }}
+OTEL_EXPORTER_OTLP_PROTOCOL: {{ .Values.tracing.otlpProtocol | quote }}
 {{- end -}}
 
 {{/* The gateway's typed settings, NAME: "value" (the ConfigMap's data). */}}
 {{- define "roomcast.gateway.env" -}}
 {{- $c := .Values.gateway.config -}}
 {{ include "roomcast.sharedEnv" . }}
+{{- with .Values.tracing.gatewayServiceName }}
+OTEL_SERVICE_NAME: {{ . | quote }}
+{{- end }}
 LISTEN_ADDR: {{ printf "0.0.0.0:%d" (int64 .Values.gateway.port) | quote }}
 TRANSPORTS: {{ ternary "websocket" "websocket,polling" .Values.gateway.websocketOnly | quote }}
 RECOVERY_SKIP_MIDDLEWARES: {{ .Values.recovery.skipMiddlewares | toString | quote }}
@@ -116,13 +123,17 @@ WEBSOCKET_UPGRADE_TIMEOUT: {{ include "roomcast.int" $c.upgradeTimeoutMs }}
 MAX_PAYLOAD: {{ include "roomcast.int" $c.maxPayload }}
 MAX_CONNECTIONS: {{ include "roomcast.int" $c.maxConnections }}
 CONNECT_TIMEOUT: {{ include "roomcast.int" $c.connectTimeoutMs }}
-MAX_BUFFERED_PACKETS: {{ include "roomcast.int" $c.maxBufferedPackets }}
+MAX_BUFFERED_BYTES: {{ include "roomcast.int" $c.maxBufferedBytes }}
 NAMESPACES: {{ join "," $c.namespaces | quote }}
 HEARTBEAT_INTERVAL_MS: {{ include "roomcast.int" $c.heartbeatIntervalMs }}
 GATEWAY_TTL_MS: {{ include "roomcast.int" $c.gatewayTtlMs }}
 REQUEST_TIMEOUT_MS: {{ include "roomcast.int" $c.requestTimeoutMs }}
 SUBSCRIPTION_PROBE_INTERVAL_MS: {{ include "roomcast.int" $c.subscriptionProbeIntervalMs }}
 MAX_ROOMS_PER_SOCKET: {{ include "roomcast.int" $c.maxRoomsPerSocket }}
+DELIVERY_ORDER_WAIT_MS: {{ include "roomcast.int" $c.deliveryOrderWaitMs }}
+DELIVERY_ORDER_MAX_HELD: {{ include "roomcast.int" $c.deliveryOrderMaxHeld }}
+DRAIN_DELAY_MS: {{ include "roomcast.int" $c.drainDelayMs }}
+DRAIN_PERIOD_MS: {{ include "roomcast.int" $c.drainPeriodMs }}
 SHUTDOWN_TIMEOUT_MS: {{ include "roomcast.int" $c.shutdownTimeoutMs }}
 {{- with $c.corsAllowedOrigins }}
 CORS_ALLOWED_ORIGINS: {{ join "," . | quote }}
@@ -149,14 +160,18 @@ JWT_LEEWAY_SECONDS: {{ include "roomcast.int" .Values.auth.leewaySeconds }}
 {{- define "roomcast.fanout.env" -}}
 {{- $c := .Values.fanout.config -}}
 {{ include "roomcast.sharedEnv" . }}
+{{- with .Values.tracing.fanoutServiceName }}
+OTEL_SERVICE_NAME: {{ . | quote }}
+{{- end }}
 ADMIN_ADDR: {{ printf "0.0.0.0:%d" (int64 .Values.fanout.adminPort) | quote }}
-FANOUT_GROUP: {{ $c.group | quote }}
+FANOUT_PARTITIONS: {{ include "roomcast.int" $c.partitions }}
+FANOUT_LEASE_TTL_MS: {{ include "roomcast.int" $c.leaseTtlMs }}
+FANOUT_LEASE_RENEW_MS: {{ include "roomcast.int" $c.leaseRenewMs }}
 FANOUT_BATCH_SIZE: {{ include "roomcast.int" $c.batchSize }}
 FANOUT_BLOCK_MS: {{ include "roomcast.int" $c.blockMs }}
 MAX_PUBLISH_BYTES: {{ include "roomcast.int" $c.maxPublishBytes }}
 MAX_PUBLISH_ROOMS: {{ include "roomcast.int" $c.maxPublishRooms }}
 DEAD_LETTER_MAXLEN: {{ include "roomcast.int" $c.deadLetterMaxlen }}
-CLAIM_MIN_IDLE_MS: {{ include "roomcast.int" $c.claimMinIdleMs }}
 FANOUT_TRIM_INTERVAL_MS: {{ include "roomcast.int" $c.trimIntervalMs }}
 SHUTDOWN_TIMEOUT_MS: {{ include "roomcast.int" $c.shutdownTimeoutMs }}
 {{- end -}}
@@ -166,7 +181,7 @@ SHUTDOWN_TIMEOUT_MS: {{ include "roomcast.int" $c.shutdownTimeoutMs }}
 [REDIS_URL, JWT_SECRET, JWT_PUBLIC_KEY_FILE, GATEWAY_ID]
 {{- end -}}
 {{- define "roomcast.fanout.podEnvNames" -}}
-[REDIS_URL, FANOUT_CONSUMER]
+[REDIS_URL, FANOUT_REPLICA_ID]
 {{- end -}}
 
 {{/* ConfigMap data of a component: typed settings plus extraEnv, which may only add names.
@@ -222,13 +237,17 @@ checksum/config: {{ print $config $secret | sha256sum }}
 {{- fail "auth.enabled is true (the default): set auth.existingSecret to a Secret with the JWT key (key jwt-secret for HS256, or public.pem with auth.type=publicKey); auth.enabled=false only for local trials" -}}
 {{- end -}}
 {{- $gw := .Values.gateway -}}
-{{- $drain := add $gw.preStopSleepSeconds (divf $gw.config.shutdownTimeoutMs 1000.0 | ceil | int64) -}}
+{{- $drainMs := add $gw.config.drainDelayMs $gw.config.drainPeriodMs $gw.config.shutdownTimeoutMs -}}
+{{- $drain := add $gw.preStopSleepSeconds (divf $drainMs 1000.0 | ceil | int64) -}}
 {{- if le (int64 $gw.terminationGracePeriodSeconds) (int64 $drain) -}}
-{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) must exceed gateway.preStopSleepSeconds plus gateway.config.shutdownTimeoutMs (%d s in all), or pods are killed mid-drain" (int64 $gw.terminationGracePeriodSeconds) (int64 $drain)) -}}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) must exceed gateway.preStopSleepSeconds plus gateway.config.drainDelayMs, drainPeriodMs and shutdownTimeoutMs (%d s in all), or pods are killed mid-drain" (int64 $gw.terminationGracePeriodSeconds) (int64 $drain)) -}}
 {{- end -}}
 {{- $fo := .Values.fanout -}}
 {{- if le (int64 $fo.terminationGracePeriodSeconds) (divf $fo.config.shutdownTimeoutMs 1000.0 | ceil | int64) -}}
 {{- fail (printf "fanout.terminationGracePeriodSeconds (%d) must exceed fanout.config.shutdownTimeoutMs (%d ms)" (int64 $fo.terminationGracePeriodSeconds) (int64 $fo.config.shutdownTimeoutMs)) -}}
+{{- end -}}
+{{- if ge (int64 $fo.config.leaseRenewMs) (int64 $fo.config.leaseTtlMs) -}}
+{{- fail (printf "fanout.config.leaseRenewMs (%d) must be below fanout.config.leaseTtlMs (%d), or leases expire between renewals" (int64 $fo.config.leaseRenewMs) (int64 $fo.config.leaseTtlMs)) -}}
 {{- end -}}
 {{- if and .Values.ingress.enabled .Values.ingress.nginx.enabled -}}
 {{- $idle := divf (add $gw.config.pingIntervalMs $gw.config.pingTimeoutMs) 1000.0 | ceil | int64 -}}
