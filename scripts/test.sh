@@ -2,7 +2,8 @@
 # Runs the whole test suite, on a fresh machine too:
 #   format check, clippy (warnings are errors), build, Rust tests, fuzzing of the parsers
 #   (scripts/fuzz.sh, about 6 minutes), then the end-to-end suite (tests/e2e: real
-#   redis-server, 2 gateways, 2 fanout replicas, the official Node and Python clients).
+#   redis-server, 2 gateways, 2 fanout replicas, the official Node and Python clients),
+#   then the container image and Helm chart checks (scripts/helm-check.sh).
 # Installs what is missing first: redis-server (apt-get, when root), the e2e Node packages
 # (npm ci), python-socketio (pip, into tests/e2e/.venv unless python3 already has it).
 #
@@ -82,9 +83,17 @@ if [ ${#e2e_files[@]} -eq 0 ]; then e2e_files=(test/); fi
 run_tests "end-to-end tests (tests/e2e, binaries from $ROOMCAST_BIN_DIR)" \
   node --test --test-concurrency=1 --test-timeout=300000 --test-force-exit "${e2e_files[@]}"
 
-# cargo: "test result: ok. N passed; M failed; ..."; node: "# pass N" / "# fail M" (TAP).
+if [ "$e2e_only" = 0 ]; then
+  # The Dockerfile's build stage replayed (a release build), lint, schema validation, checkov,
+  # and the chart tests (pytest, tests/helm). Installs its tools into a cache on first use.
+  cd "$ROOT"
+  run_tests "container image and Helm chart checks (scripts/helm-check.sh)" scripts/helm-check.sh
+fi
+
+# cargo: "test result: ok. N passed; M failed; ..."; node: "# pass N" / "# fail M" (TAP);
+# pytest: "N passed in 3.2s" / "M failed, N passed in 3.2s".
 count() { { grep -oE "$1" "$runner_log" || true; } | { grep -oE '[0-9]+' || true; } | awk '{s += $1} END {print s + 0}'; }
-passed=$(($(count 'test result: [a-zA-Z]+\. [0-9]+ passed') + $(count '^# pass [0-9]+')))
-failed=$(($(count '[0-9]+ failed;') + $(count '^# fail [0-9]+')))
+passed=$(($(count 'test result: [a-zA-Z]+\. [0-9]+ passed') + $(count '^# pass [0-9]+') + $(count '(^|, )[0-9]+ passed(, | in )')))
+failed=$(($(count '[0-9]+ failed;') + $(count '^# fail [0-9]+') + $(count '^[0-9]+ failed(, | in )')))
 step "all tests passed"
 echo "tests: $passed passed, $failed failed"
