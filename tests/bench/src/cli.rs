@@ -94,6 +94,10 @@ pub(crate) struct ClusterArgs {
     /// Engine.IO ping interval of the servers, ms.
     #[arg(long, env = "BENCH_PING_INTERVAL_MS", default_value_t = 25_000)]
     pub(crate) ping_interval_ms: u64,
+    /// Extra environment for the Roomcast gateways and fanouts, `KEY=VALUE`, repeatable or
+    /// comma-separated (e.g. `TOKIO_WORKER_THREADS=1`).
+    #[arg(long, env = "BENCH_SERVER_ENV", value_delimiter = ',', value_parser = parse_env_pair)]
+    pub(crate) server_env: Vec<(String, String)>,
     /// RUST_LOG of the Roomcast servers.
     #[arg(long, env = "BENCH_RUST_LOG", default_value = "warn")]
     pub(crate) rust_log: String,
@@ -120,7 +124,8 @@ pub(crate) struct LoadArgs {
     /// Client connections.
     #[arg(long, env = "BENCH_CLIENTS", default_value_t = 10_000)]
     pub(crate) clients: u64,
-    /// Load-generator processes (0: one per 15,000 clients, open files are capped per process).
+    /// Load-generator processes (0: one per 15,000 clients, as open files are capped per
+    /// process, and at least one per CPU so that a burst is read in parallel).
     #[arg(long, env = "BENCH_WORKERS", default_value_t = 0)]
     pub(crate) workers: usize,
     /// Threads per load-generator process.
@@ -182,6 +187,9 @@ pub(crate) struct SteppedArgs {
     /// Seconds after a step's last publish for its last events to arrive.
     #[arg(long, env = "BENCH_DRAIN_SECS", default_value_t = 5)]
     pub(crate) drain_secs: u64,
+    /// Seconds of warm-up at a quarter of the start rate before the first step (not reported).
+    #[arg(long, env = "BENCH_WARMUP_SECS", default_value_t = 3)]
+    pub(crate) warmup_secs: u64,
     /// A step passes with p99 publish→receive latency at or below this, in ms (and every
     /// event delivered).
     #[arg(long, env = "BENCH_P99_LIMIT_MS", default_value_t = 100.0)]
@@ -230,4 +238,11 @@ pub(crate) struct ThroughputArgs {
     /// Print one JSON document instead of a table.
     #[arg(long, env = "BENCH_JSON", default_value_t = false)]
     pub(crate) json: bool,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }

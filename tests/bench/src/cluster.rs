@@ -144,7 +144,8 @@ impl Cluster {
                     .env("REDIS_URL", &self.redis_url)
                     .env("ADMIN_ADDR", admin.to_string())
                     .env("FANOUT_REPLICA_ID", &name)
-                    .env("RUST_LOG", &args.rust_log),
+                    .env("RUST_LOG", &args.rust_log)
+                    .envs(args.server_env.iter().map(|(k, v)| (k, v))),
             )?;
             ready.push((name, admin));
         }
@@ -165,7 +166,8 @@ impl Cluster {
                     .env("CONNECT_BURST_PER_IP", "100000000")
                     .env("WEBSOCKET_PING_INTERVAL", args.ping_interval_ms.to_string())
                     .env("DRAIN_DELAY_MS", "0")
-                    .env("DRAIN_PERIOD_MS", "0"),
+                    .env("DRAIN_PERIOD_MS", "0")
+                    .envs(args.server_env.iter().map(|(k, v)| (k, v))),
             )?;
             ready.push((name, addr));
             self.endpoints.push(addr);
@@ -243,11 +245,19 @@ async fn node_peer_dir(args: &ClusterArgs) -> anyhow::Result<PathBuf> {
         );
     }
     std::fs::create_dir_all(&copy)?;
-    for name in ["package.json", "package-lock.json", "server.js", "common.js"] {
+    for name in [
+        "package.json",
+        "package-lock.json",
+        "server.js",
+        "common.js",
+    ] {
         std::fs::copy(source.join(name), copy.join(name))
             .with_context(|| format!("copying {name} from {}", source.display()))?;
     }
-    eprintln!("installing the Node reference cluster in {} (npm ci)", copy.display());
+    eprintln!(
+        "installing the Node reference cluster in {} (npm ci)",
+        copy.display()
+    );
     let status = Command::new(&args.npm)
         .args(["ci", "--no-audit", "--no-fund"])
         .current_dir(&copy)

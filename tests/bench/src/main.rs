@@ -138,24 +138,41 @@ fn f1(v: f64) -> String {
     format!("{v:.1}")
 }
 
-fn best_by<'a, R>(runs: &'a [R], target: Target, key: impl Fn(&R) -> (Target, f64)) -> Option<&'a R> {
+fn best_by<'a, R>(
+    runs: &'a [R],
+    target: Target,
+    key: impl Fn(&R) -> (Target, f64),
+) -> Option<&'a R> {
     runs.iter()
         .filter(|r| key(r).0 == target)
         .max_by(|a, b| key(a).1.total_cmp(&key(b).1))
 }
 
-fn ratio_line(what: &str, roomcast: Option<f64>, node: Option<f64>, higher_is_better: bool) -> String {
+fn ratio_line(
+    what: &str,
+    roomcast: Option<f64>,
+    node: Option<f64>,
+    higher_is_better: bool,
+) -> String {
     match (roomcast, node) {
         (Some(r), Some(n)) if r > 0.0 && n > 0.0 => {
             let ratio = if higher_is_better { r / n } else { n / r };
-            format!("{what}: roomcast {} vs node {} → {ratio:.2}× in Roomcast's favour\n", fmt_num(r), fmt_num(n))
+            format!(
+                "{what}: roomcast {} vs node {} → {ratio:.2}× in Roomcast's favour\n",
+                fmt_num(r),
+                fmt_num(n)
+            )
         }
         _ => String::new(),
     }
 }
 
 fn fmt_num(v: f64) -> String {
-    if v >= 1000.0 { thousands(v) } else { format!("{v:.2}") }
+    if v >= 1000.0 {
+        thousands(v)
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 fn print_idle(runs: &[IdleResult]) -> String {
@@ -197,7 +214,12 @@ fn print_idle(runs: &[IdleResult]) -> String {
     let key = |r: &IdleResult| (r.target, -r.kib_per_connection);
     let rc = best_by(runs, Target::Roomcast, key).map(|r| r.kib_per_connection);
     let node = best_by(runs, Target::Node, key).map(|r| r.kib_per_connection);
-    out.push_str(&ratio_line("memory per idle connection (KiB)", rc, node, false));
+    out.push_str(&ratio_line(
+        "memory per idle connection (KiB)",
+        rc,
+        node,
+        false,
+    ));
     out
 }
 
@@ -275,7 +297,12 @@ fn print_stepped(runs: &[SteppedResult]) -> String {
     let key = |r: &SteppedResult| (r.target, r.max_sustainable.unwrap_or(0.0));
     let rc = best_by(runs, Target::Roomcast, key).and_then(|r| r.max_sustainable);
     let node = best_by(runs, Target::Node, key).and_then(|r| r.max_sustainable);
-    out.push_str(&ratio_line("max sustainable delivered events/s", rc, node, true));
+    out.push_str(&ratio_line(
+        "max sustainable delivered events/s",
+        rc,
+        node,
+        true,
+    ));
     out
 }
 

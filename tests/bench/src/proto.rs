@@ -190,19 +190,13 @@ pub(crate) fn stamp(text: &str) -> Option<Stamp<'_>> {
 
 fn number_after(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
-    let digits = text[start..]
-        .bytes()
-        .take_while(u8::is_ascii_digit)
-        .count();
+    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
     text[start..start + digits].parse().ok()
 }
 
 /// The first characters of a packet, for error messages.
 pub(crate) fn clip(text: &str) -> &str {
-    let end = text
-        .char_indices()
-        .nth(120)
-        .map_or(text.len(), |(i, _)| i);
+    let end = text.char_indices().nth(120).map_or(text.len(), |(i, _)| i);
     &text[..end]
 }
 

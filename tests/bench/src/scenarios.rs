@@ -72,7 +72,8 @@ pub(crate) async fn ramp(
     rooms: u64,
 ) -> anyhow::Result<(Workers, Ramp)> {
     let processes = if load.workers == 0 {
-        load.clients.div_ceil(15_000).max(1) as usize
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (load.clients.div_ceil(15_000) as usize).max(cpus.min(load.clients as usize).max(1))
     } else {
         load.workers
     };
@@ -331,7 +332,9 @@ impl Stepper<'_> {
             verdict.push(format!("{} publish errors", published.errors));
         }
         if achieved < 0.95 * msgs_rate {
-            verdict.push(format!("publisher reached {achieved:.0}/s of {msgs_rate:.0}/s"));
+            verdict.push(format!(
+                "publisher reached {achieved:.0}/s of {msgs_rate:.0}/s"
+            ));
         }
         Ok(Step {
             target_rate: rate,
@@ -383,7 +386,9 @@ async fn stepped_on(
     };
     let quiet = args.cluster.json;
     // Warm-up (JIT, connection pools), not reported.
+    s.duration = Duration::from_secs(args.warmup_secs);
     let warm = s.measure(args.start_rate / 4.0, args.p99_limit_ms).await?;
+    s.duration = Duration::from_secs(args.step_secs);
     if !quiet {
         eprintln!(
             "{}: warm-up at {:.0}/s: {}",
@@ -401,7 +406,9 @@ async fn stepped_on(
         progress(quiet, cluster.target, &step);
         let pass = step.pass;
         if pass {
-            best = Some(best.map_or(step.delivered_per_sec, |b: f64| b.max(step.delivered_per_sec)));
+            best = Some(best.map_or(step.delivered_per_sec, |b: f64| {
+                b.max(step.delivered_per_sec)
+            }));
         }
         steps.push(step);
         if !pass {
@@ -426,7 +433,9 @@ async fn stepped_on(
             progress(quiet, cluster.target, &step);
             if step.pass {
                 low = mid;
-                best = Some(best.map_or(step.delivered_per_sec, |b: f64| b.max(step.delivered_per_sec)));
+                best = Some(best.map_or(step.delivered_per_sec, |b: f64| {
+                    b.max(step.delivered_per_sec)
+                }));
             } else {
                 high = mid;
             }

@@ -306,7 +306,10 @@ fn status(shared: &Shared) -> Status {
 
 /// Whether connection `i` is among the `per_mille` dropped in `epoch` (an even spread).
 fn selected(i: u64, epoch: u64, per_mille: u64) -> bool {
-    (i.wrapping_mul(7919).wrapping_add(epoch.wrapping_mul(104_729))) % 1000 < per_mille
+    (i.wrapping_mul(7919)
+        .wrapping_add(epoch.wrapping_mul(104_729)))
+        % 1000
+        < per_mille
 }
 
 /// One client's state between its events.
@@ -478,7 +481,10 @@ async fn establish(
         if recovered {
             shared.counters.recovered.fetch_add(1, Ordering::Relaxed);
         } else {
-            shared.counters.not_recovered.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .not_recovered
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
     client.ids = ids;

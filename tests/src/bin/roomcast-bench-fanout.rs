@@ -78,4 +78,3 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
