@@ -375,12 +375,14 @@ async fn connection(
         last_seq: None,
         offset: None,
     };
-    let started = Instant::now();
-    let opened = {
+    let (opened, took) = {
         let Ok(_permit) = gate.acquire().await else {
             return;
         };
-        establish(&shared, &mut client, target, source, None).await
+        // Timed from the permit: waiting for a turn is the load generator's pacing.
+        let started = Instant::now();
+        let opened = establish(&shared, &mut client, target, source, None).await;
+        (opened, started.elapsed())
     };
     let mut ws = match opened {
         Ok(ws) => ws,
@@ -391,7 +393,7 @@ async fn connection(
             return;
         }
     };
-    lock(&shared.connect).saturating_record(started.elapsed().as_micros() as u64);
+    lock(&shared.connect).saturating_record(took.as_micros() as u64);
     shared.counters.connected.fetch_add(1, Ordering::Relaxed);
     let mut seen_epoch = orders.borrow().drop_epoch;
     loop {
