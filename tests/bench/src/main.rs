@@ -235,6 +235,7 @@ fn step_row(target: Target, s: &Step) -> Vec<String> {
         f1(s.latency.p99_ms),
         f1(s.latency.p999_ms),
         f1(s.latency.max_ms),
+        f1(s.server_cpu_us_per_event),
         s.usage.cpu_summary(),
         s.verdict.clone(),
     ]
@@ -252,6 +253,7 @@ fn print_stepped(runs: &[SteppedResult]) -> String {
         "p99 ms",
         "p99.9 ms",
         "max ms",
+        "server CPU µs/event",
         "CPU (% of one core)",
         "verdict",
     ]);

@@ -37,6 +37,8 @@ impl Latency {
 /// its end.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Usage {
+    /// Length of the interval, seconds.
+    pub(crate) seconds: f64,
     pub(crate) gateway_cpu_pct: f64,
     pub(crate) fanout_cpu_pct: f64,
     pub(crate) node_cpu_pct: f64,
@@ -97,6 +99,7 @@ impl Snapshot {
             later.machine.1.saturating_sub(self.machine.1),
         );
         Usage {
+            seconds: secs,
             gateway_cpu_pct: pct(Role::Gateway),
             fanout_cpu_pct: pct(Role::Fanout),
             node_cpu_pct: pct(Role::Node),
@@ -121,6 +124,13 @@ impl Snapshot {
 }
 
 impl Usage {
+    /// CPU time the servers (Redis included, load generator excluded) spent per event, µs.
+    pub(crate) fn server_us_per(&self, events: u64) -> f64 {
+        let pct =
+            self.gateway_cpu_pct + self.fanout_cpu_pct + self.node_cpu_pct + self.redis_cpu_pct;
+        pct / 100.0 * self.seconds * 1e6 / events.max(1) as f64
+    }
+
     /// "gw 120% fo 30% redis 40% lg 50%"-style summary.
     pub(crate) fn cpu_summary(&self) -> String {
         let mut parts = Vec::new();

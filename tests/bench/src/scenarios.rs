@@ -240,6 +240,8 @@ pub(crate) struct Step {
     pub(crate) publish_errors: u64,
     pub(crate) latency: Latency,
     pub(crate) usage: Usage,
+    /// Server CPU (Redis included) per delivered event, µs.
+    pub(crate) server_cpu_us_per_event: f64,
     pub(crate) pass: bool,
     /// Why it failed.
     pub(crate) verdict: String,
@@ -347,6 +349,7 @@ impl Stepper<'_> {
             gaps: status.gaps,
             publish_errors: published.errors,
             latency,
+            server_cpu_us_per_event: usage.server_us_per(status.received),
             usage,
             pass: verdict.is_empty(),
             verdict: if verdict.is_empty() {
