@@ -138,11 +138,7 @@ fn f1(v: f64) -> String {
     format!("{v:.1}")
 }
 
-fn best_by<'a, R>(
-    runs: &'a [R],
-    target: Target,
-    key: impl Fn(&R) -> (Target, f64),
-) -> Option<&'a R> {
+fn best_by<R>(runs: &[R], target: Target, key: impl Fn(&R) -> (Target, f64)) -> Option<&R> {
     runs.iter()
         .filter(|r| key(r).0 == target)
         .max_by(|a, b| key(a).1.total_cmp(&key(b).1))
