@@ -3,6 +3,7 @@
 //! a minimal HTTP client for admin endpoints and long-polling ([`http_get`], [`http_request`]), the fanout run in-process
 //! ([`InProcessFanout`]), the gateway run in-process ([`InProcessGateway`]) and a Redis-level stand-in for a gateway ([`FakeGateway`]).
 
+pub mod bench_fanout;
 mod fake_gateway;
 mod fanout;
 mod gateway;

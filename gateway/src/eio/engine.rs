@@ -100,7 +100,7 @@ impl EngineConfig {
             max_buffered_bytes: 1 << 20,
             websocket: true,
             polling: true,
-            ws_read_buffer_size: 4096,
+            ws_read_buffer_size: 1024,
             allowed_origins: AllowedOrigins::Any,
             trust_forwarded_for: false,
         }

@@ -224,7 +224,7 @@ impl<D> EngineSocket<D> {
     }
 
     fn push(&self, packets: impl Iterator<Item = Outbound>, cost: usize) -> Result<(), EmitError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return Err(EmitError::Closed);
         }
         {
@@ -296,8 +296,8 @@ impl<D> EngineSocket<D> {
 
     /// Resolves when the transport has packets to write (or may have: spurious wake-ups are
     /// allowed, the caller re-checks).
-    pub(super) async fn writable(&self) {
-        self.writer.notified().await;
+    pub(super) fn writable(&self) -> tokio::sync::futures::Notified<'_> {
+        self.writer.notified()
     }
 
     /// Marks a long-polling GET as pending; false if one already is.
@@ -379,7 +379,9 @@ impl<D> EngineSocket<D> {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        // The reason is set before the token is cancelled. An atomic load, where the token's
+        // `is_cancelled` takes a lock: this is checked on every packet queued.
+        self.reason.get().is_some()
     }
 
     /// Resolves once the session has ended.

@@ -177,25 +177,49 @@ async fn expect(ws: &mut Ws, wanted: Inbound) -> Option<()> {
 }
 
 /// Serves the session over the WebSocket until it ends: writes what is queued, reads what comes.
+/// Closing the session wakes the writer too, so the loop learns of it without polling the
+/// session's cancellation token (a lock) on every turn.
 async fn run<H: EngineHandler>(engine: &Shared<H>, socket: &Socket<H>, mut ws: Ws) {
     loop {
         let writable = socket.writable();
+        tokio::pin!(writable);
+        // Registered before looking at the queue, so nothing queued meanwhile is missed.
+        writable.as_mut().enable();
+        if socket.is_closed() {
+            break;
+        }
         let queued = socket.take_queued();
         if !queued.is_empty() {
-            tokio::select! {
-                _ = socket.closed() => break,
-                written = write(&mut ws, queued, &engine.stats.bytes_written) => if let Err(error) = written {
+            let written = write(&mut ws, queued, &engine.stats.bytes_written);
+            tokio::pin!(written);
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = &mut written => break Some(result),
+                    // A wake-up while writing: new packets wait for the next turn, a close ends
+                    // a write the client may never read.
+                    _ = &mut writable => {
+                        if socket.is_closed() {
+                            break None;
+                        }
+                        writable.set(socket.writable());
+                        writable.as_mut().enable();
+                    }
+                }
+            };
+            match result {
+                None => break,
+                Some(Ok(())) => continue,
+                Some(Err(error)) => {
                     tracing::debug!(sid = %socket.id, %error, "WebSocket write failed");
                     socket.close(DisconnectReason::TransportError);
                     break;
-                },
+                }
             }
-            continue;
         }
         tokio::select! {
             biased;
-            _ = socket.closed() => break,
-            _ = writable => {}
+            _ = &mut writable => {}
             frame = ws.next() => {
                 let packet = match frame {
                     Some(Ok(Frame::Text(text))) => Inbound::parse(text.into()),

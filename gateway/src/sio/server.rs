@@ -16,7 +16,6 @@ use std::{
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -30,7 +29,7 @@ use crate::eio::{DisconnectReason, EngineHandler, Handshake, Message, Refusal, S
 
 /// Packets a connection may have queued before its task reads them; a client that outruns
 /// this is flooding and is disconnected.
-const INBOX_CAPACITY: usize = 128;
+pub(super) const INBOX_CAPACITY: usize = 128;
 /// Event handlers still running (e.g. joins waiting for a subscription) per connection; past it
 /// the connection stops reading until one finishes.
 const MAX_PENDING_HANDLERS: usize = 32;
@@ -186,11 +185,6 @@ impl<A: SioApp> EngineHandler for SioServer<A> {
         // The connection is still accepted at the Engine.IO level so the client gets a readable
         // `connect_error` on its namespace CONNECT instead of an opaque transport failure.
         let refused = open > self.config.max_connections;
-        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        if engine.data.inbox.set(tx).is_err() {
-            tracing::error!(sid = %engine.id, "engine connection initialised twice");
-            return;
-        }
         let span = tracing::info_span!("conn", eio = %engine.id, transport = ?engine.transport());
         let conn = Connection {
             app: self.app.clone(),
@@ -203,7 +197,7 @@ impl<A: SioApp> EngineHandler for SioServer<A> {
             handlers: FuturesUnordered::new(),
         };
         self.tracker
-            .spawn(conn.run(rx, self.shutdown.clone()).instrument(span));
+            .spawn(conn.run(self.shutdown.clone()).instrument(span));
     }
 
     fn on_disconnect(&self, engine: &Arc<EngineSocket>, reason: DisconnectReason) {
@@ -222,10 +216,7 @@ impl<A: SioApp> EngineHandler for SioServer<A> {
 }
 
 fn forward(engine: &EngineSocket, item: Inbound) {
-    let Some(inbox) = engine.data.inbox.get() else {
-        return;
-    };
-    if let Err(mpsc::error::TrySendError::Full(_)) = inbox.try_send(item) {
+    if engine.data.inbox.push(item, INBOX_CAPACITY).is_err() {
         tracing::warn!(eio = %engine.id, "client sends faster than it is served, closing");
         engine.close(DisconnectReason::PacketParsingError);
     }
@@ -244,12 +235,11 @@ struct Connection<A> {
 }
 
 impl<A: SioApp> Connection<A> {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
-        let connect_deadline = tokio::time::sleep(self.config.connect_timeout);
-        tokio::pin!(connect_deadline);
+    async fn run(mut self, shutdown: CancellationToken) {
         // Like Node, the deadline only holds until the first namespace is connected: a client
         // that later leaves every namespace keeps its connection (heartbeat still applies).
-        let mut awaiting_first_connect = true;
+        // Boxed and dropped then, so a connected client's task does not keep a timer.
+        let mut connect_deadline = Some(Box::pin(tokio::time::sleep(self.config.connect_timeout)));
         let engine = self.engine.clone();
         let reason = loop {
             tokio::select! {
@@ -260,20 +250,30 @@ impl<A: SioApp> Connection<A> {
                 _ = engine.closed() => {
                     break engine.close_reason().map_or("transport close", DisconnectReason::as_str);
                 }
-                _ = &mut connect_deadline, if awaiting_first_connect => {
+                () = async {
+                    match connect_deadline.as_mut() {
+                        Some(deadline) => deadline.await,
+                        None => std::future::pending().await,
+                    }
+                }, if connect_deadline.is_some() => {
                     tracing::debug!("no namespace connected in time, closing");
                     engine.close(DisconnectReason::TransportClose);
                     break "connect timeout";
                 }
                 Some(()) = self.handlers.next(), if !self.handlers.is_empty() => {}
-                item = inbox.recv(), if self.handlers.len() < MAX_PENDING_HANDLERS => {
-                    let Some(item) = item else { break "transport close" };
-                    if let Err(error) = self.handle(item).await {
+                item = engine.data.inbox.recv(), if self.handlers.len() < MAX_PENDING_HANDLERS => {
+                    // Boxed: handling a packet (a namespace connect with a recovery and its Redis
+                    // round trips) is by far the largest future this task awaits, and a task
+                    // is sized for its largest state. Boxed, an idle connection's task is about
+                    // 2 KB smaller, for one allocation per packet from the client.
+                    if let Err(error) = Box::pin(self.handle(item)).await {
                         tracing::warn!(%error, "malformed packet from client, closing its connection");
                         engine.close(DisconnectReason::PacketParsingError);
                         break "parse error";
                     }
-                    awaiting_first_connect &= self.sockets.is_empty();
+                    if !self.sockets.is_empty() {
+                        connect_deadline = None;
+                    }
                 }
             }
         };

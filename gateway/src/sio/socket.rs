@@ -1,10 +1,13 @@
 //! One client socket in one namespace: its id, its rooms and how packets reach its connection.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+};
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::packet;
 use crate::{
@@ -17,7 +20,52 @@ use crate::{
 /// `server`).
 #[derive(Debug, Default)]
 pub struct ConnData {
-    pub(super) inbox: OnceLock<mpsc::Sender<Inbound>>,
+    pub(super) inbox: Inbox,
+}
+
+/// Packets waiting for the connection's task, bounded. A queue that allocates only when packets
+/// wait (an idle connection holds none), instead of a channel whose first block of slots costs
+/// about 1.8 KB per connection whether used or not.
+#[derive(Debug, Default)]
+pub(super) struct Inbox {
+    queue: Mutex<VecDeque<Inbound>>,
+    ready: Notify,
+}
+
+/// The inbox holds as many packets as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct InboxFull;
+
+impl Inbox {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Inbound>> {
+        // A poisoned lock only means a panic elsewhere mid-push; the queue is still valid.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a packet unless `capacity` are waiting already.
+    pub(super) fn push(&self, item: Inbound, capacity: usize) -> Result<(), InboxFull> {
+        {
+            let mut queue = self.queue();
+            if queue.len() >= capacity {
+                return Err(InboxFull);
+            }
+            queue.push_back(item);
+        }
+        // Stores a permit if the task is not waiting yet, so the packet is never missed.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next packet, waiting for one. Cancel-safe: a packet is taken only by a poll that
+    /// returns it.
+    pub(super) async fn recv(&self) -> Inbound {
+        loop {
+            if let Some(item) = self.queue().pop_front() {
+                return item;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// What the engine hands to a connection's task, in arrival order.
@@ -141,11 +189,15 @@ impl SioSocket {
     /// packet (`io server disconnect`) and does not reconnect; the application sees the reason
     /// `server namespace disconnect`. Goes through the connection's task, which owns the socket.
     pub fn disconnect(&self) {
-        let sent = self.engine.data.inbox.get().is_some_and(|inbox| {
-            inbox
-                .try_send(Inbound::ServerDisconnect(self.nsp.clone()))
-                .is_ok()
-        });
+        let sent = self
+            .engine
+            .data
+            .inbox
+            .push(
+                Inbound::ServerDisconnect(self.nsp.clone()),
+                super::server::INBOX_CAPACITY,
+            )
+            .is_ok();
         if !sent {
             // The connection is gone or flooded; ending it is the next best thing.
             self.close_connection();
