@@ -13,7 +13,7 @@ set -eu
 # The flags of both steps must be the same, or the dependency layer would not be reused.
 BUILD="cargo build --release --locked -p roomcast-gateway -p roomcast-fanout"
 # Workspace members (each a directory with a Cargo.toml, as the root manifest lists them).
-MEMBERS="shared gateway fanout tests"
+MEMBERS="shared gateway fanout tests tests/bench"
 
 # Creates an empty stand-in for each target of a member whose source is missing: src/lib.rs and
 # every explicit `path = "..."` of the manifest ([[bin]] targets). Prints what it created.
