@@ -12,8 +12,9 @@ set -eu
 
 # The flags of both steps must be the same, or the dependency layer would not be reused.
 BUILD="cargo build --release --locked -p roomcast-gateway -p roomcast-fanout"
-# Workspace members (each a directory with a Cargo.toml, as the root manifest lists them).
-MEMBERS="shared gateway fanout tests tests/bench"
+# Workspace members, as the root manifest lists them (`members = [...]`).
+MEMBERS=$(awk '/^members *= *\[/,/\]/' Cargo.toml | sed 's/members *=//' | tr -d '[],"')
+[ -n "$MEMBERS" ] || { echo "deploy/build.sh: no workspace members in Cargo.toml" >&2; exit 1; }
 
 # Creates an empty stand-in for each target of a member whose source is missing: src/lib.rs and
 # every explicit `path = "..."` of the manifest ([[bin]] targets). Prints what it created.

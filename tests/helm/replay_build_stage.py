@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path, PurePosixPath
 
 BUILD_STAGE = "build"
@@ -92,6 +93,25 @@ def ignore_whitelist(dockerignore):
 def in_context(source, whitelist):
     source = source.rstrip("/")
     return any(source == w or source.startswith(w + "/") for w in whitelist)
+
+
+def check_members_copied(stage, context):
+    """Cargo loads the whole workspace: every member's manifest must be in the dependency layer,
+    i.e. copied before the first RUN (a member added to Cargo.toml needs a COPY line)."""
+    members = tomllib.loads((context / "Cargo.toml").read_text())["workspace"]["members"]
+    copied = set()
+    for _, keyword, rest in stage["body"]:
+        if keyword == "RUN":
+            break
+        if keyword == "COPY":
+            copied.update(w.rstrip("/") for w in shlex.split(rest)[:-1])
+    for member in members:
+        manifest = f"{member}/Cargo.toml"
+        if manifest not in copied:
+            fail(
+                f"workspace member {member} is not in the dependency layer: add "
+                f"`COPY {manifest} {member}/` to the Dockerfile and `!{manifest}` to its .dockerignore"
+            )
 
 
 def copy_preserving(src, dest):
@@ -178,6 +198,7 @@ def main():
     if BUILD_STAGE not in all_stages:
         fail(f"no `FROM ... AS {BUILD_STAGE}` stage in {dockerfile}")
     whitelist = ignore_whitelist(dockerfile.parent / (dockerfile.name + ".dockerignore"))
+    check_members_copied(all_stages[BUILD_STAGE], context)
 
     # A fresh tree each time, but the build's target/ is kept between runs (a warm cache, like
     # Docker's layer cache; a cold one in CI).
