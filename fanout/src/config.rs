@@ -51,7 +51,7 @@ pub struct FanoutConfig {
         env = "FANOUT_REPLICA_ID",
         value_name = "FANOUT_REPLICA_ID",
         default_value_t = default_replica_id(),
-        value_parser = parse_replica_id
+        value_parser = roomcast_shared::config::parse_instance_id
     )]
     pub replica_id: String,
 
@@ -155,19 +155,6 @@ fn parse_partitions(s: &str) -> Result<u16, String> {
         _ => Err(format!(
             "`{s}` is not a whole number from 1 to {MAX_PARTITIONS}"
         )),
-    }
-}
-
-fn parse_replica_id(s: &str) -> Result<String, String> {
-    // The id is stored as a lease value and a sorted-set member: keep it plain.
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err("must be 1 to 128 letters, digits or '-_.:'".into())
     }
 }
 

@@ -101,7 +101,7 @@ pub struct GatewayConfig {
 
     /// This gateway's id in Redis membership keys; unique per pod. Default: hostname plus a
     /// random suffix.
-    #[arg(long = "gateway-id", env = "GATEWAY_ID", value_name = "GATEWAY_ID", value_parser = parse_gateway_id)]
+    #[arg(long = "gateway-id", env = "GATEWAY_ID", value_name = "GATEWAY_ID", value_parser = roomcast_shared::config::parse_instance_id)]
     pub gateway_id: Option<String>,
 
     /// Milliseconds between liveness heartbeats in Redis.
@@ -301,19 +301,6 @@ fn parse_transports(s: &str) -> Result<Transports, String> {
         return Err("at least one transport is required".into());
     }
     Ok(t)
-}
-
-fn parse_gateway_id(s: &str) -> Result<String, String> {
-    // The id is a hash field and part of a key's hash tag: keep it plain.
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err("must be 1 to 128 letters, digits or '-_.:'".into())
-    }
 }
 
 fn parse_namespace(s: &str) -> Result<String, String> {

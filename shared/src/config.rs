@@ -156,6 +156,20 @@ fn parse_key_prefix(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Parses an instance id given on the command line (`GATEWAY_ID`, `FANOUT_REPLICA_ID`): it ends
+/// up in hash fields, set members and key hash tags, so it stays plain.
+pub fn parse_instance_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1 to 128 letters, digits or '-_.:'".into())
+    }
+}
+
 /// A default instance id: `<hostname>-<8 random hex digits>` (hostname reduced to letters,
 /// digits and `-_.`, at most 100 characters; `fallback` without one). Random so that a restarted
 /// process never mistakes what its predecessor left in Redis (which may still be running, cut

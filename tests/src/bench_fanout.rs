@@ -229,7 +229,8 @@ async fn done(
     }))
 }
 
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
+/// Polls `check` until it says yes, or fails after `limit` (benchmark set-up, not a test).
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,

@@ -10,10 +10,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use roomcast_tests::bench_fanout::wait_until;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines},
     process::{Child, ChildStdin, ChildStdout, Command},
-    time::Instant,
 };
 
 use crate::{
@@ -97,7 +97,7 @@ impl Cluster {
                 .arg("--dir")
                 .arg(&redis_dir),
         )?;
-        wait_ready("redis", Duration::from_secs(20), || async {
+        wait_until("redis", Duration::from_secs(20), || async {
             redis_ping(&cluster.redis_url).await
         })
         .await?;
@@ -173,7 +173,7 @@ impl Cluster {
             self.endpoints.push(addr);
         }
         for (name, addr) in ready {
-            wait_ready(&name, Duration::from_secs(60), || async move {
+            wait_until(&name, Duration::from_secs(60), || async move {
                 Ok(http_status(addr, "/readyz").await == Some(200))
             })
             .await?;
@@ -199,7 +199,7 @@ impl Cluster {
                     .env("PING_INTERVAL", args.ping_interval_ms.to_string())
                     .env("LOG", "0"),
             )?;
-            wait_ready(&name, Duration::from_secs(60), || async move {
+            wait_until(&name, Duration::from_secs(60), || async move {
                 Ok(http_status(addr, "/healthz").await == Some(200))
             })
             .await?;
@@ -300,23 +300,6 @@ pub(crate) async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .await
         .ok()
         .flatten()
-}
-
-async fn wait_ready<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let until = Instant::now() + limit;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if Instant::now() > until {
-            bail!("{what} not ready within {limit:?} (see its log)");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A load-generator process.
