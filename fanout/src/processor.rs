@@ -100,6 +100,16 @@ enum Batch {
     Planned(Plan),
 }
 
+impl Batch {
+    /// Entries in the batch.
+    fn len(&self) -> usize {
+        match self {
+            Self::Read(entries) => entries.len(),
+            Self::Planned(plan) => plan.entries,
+        }
+    }
+}
+
 impl Processor {
     pub(crate) fn new(
         client: redis::Client,
@@ -311,13 +321,14 @@ impl Processor {
     async fn process(
         &mut self,
         session: &mut Session,
-        batch: Batch,
+        entries: Batch,
         active: &[Active],
         last: StreamId,
         cancel: &CancellationToken,
     ) -> Result<Done, SessionError> {
         self.stats.batches.inc();
-        let plan = match batch {
+        self.stats.in_flight.set(entries.len() as u64);
+        let plan = match entries {
             Batch::Planned(plan) => plan,
             Batch::Read(entries) => {
                 let owned = Ownership::new(
@@ -329,7 +340,6 @@ impl Processor {
             }
         };
         let count = plan.entries as u64;
-        self.stats.in_flight.set(count);
         // The read goes out before the batch's calls, so Redis answers it first and the plan
         // is built while Redis runs the calls. Nothing is applied from it before this batch is
         // committed; it is dropped if the partitions changed meanwhile.
