@@ -176,11 +176,13 @@ impl Gateway {
         };
         let mut restored = sessions.restore(request, &pid, offset, user).await;
         // No session stored: the old connection may still be open somewhere (its client's
-        // network vanished without a close). Ask its gateway to give it up, then try again.
+        // network vanished without a close), or its session may be on its way to Redis. Ask its
+        // gateway to give it up, then try again — whatever the answer: a session whose write
+        // landed between the first try and the request is "held" by nobody but stored now.
         if matches!(restored, Ok(None))
             && let Some(takeovers) = &self.takeovers
-            && takeovers.request(&pid).await
         {
+            takeovers.request(&pid).await;
             restored = sessions.restore(request, &pid, offset, user).await;
         }
         if matches!(restored, Err(RestoreError::WrongUser)) {
@@ -353,6 +355,8 @@ impl Gateway {
                         }
                         takeovers.unregister(&pid, &socket);
                         socket.close_connection();
+                        // Nothing left to save means its disconnect is saving it right now.
+                        takeovers.wait_written(&pid).await;
                         true
                     }
                     // Already gone, its session still on its way to Redis: stored once the
