@@ -11,7 +11,7 @@
 //! share). Any connection failure ends the session; the loop reconnects with backoff and
 //! continues from the committed cursors.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, task::Poll, time::Duration};
 
 use redis::{AsyncConnectionConfig, RedisError, Value, aio::MultiplexedConnection};
 use roomcast_shared::{
@@ -80,8 +80,34 @@ struct Session {
 
 /// Whether a batch went through to its commit.
 enum Done {
-    Committed,
+    /// With the next batch if it was read while this one was applied.
+    Committed(Option<Ahead>),
     Cancelled,
+}
+
+/// The next batch, read and planned while Redis applied the previous one, for the partitions
+/// and cursors the previous commit leaves (used only if those are what the next turn finds).
+struct Ahead {
+    active: Vec<(u16, u64)>,
+    after: StreamId,
+    last: StreamId,
+    plan: Plan,
+}
+
+/// What the next turn works on.
+enum Batch {
+    Read(Vec<stream_reply::StreamEntry>),
+    Planned(Plan),
+}
+
+impl Batch {
+    /// Entries in the batch.
+    fn len(&self) -> usize {
+        match self {
+            Self::Read(entries) => entries.len(),
+            Self::Planned(plan) => plan.entries,
+        }
+    }
 }
 
 impl Processor {
@@ -145,6 +171,7 @@ impl Processor {
             lease_sha,
         };
 
+        let mut ahead: Option<Ahead> = None;
         while !cancel.is_cancelled() {
             self.give_up_surrendered(&mut session).await?;
             let active = self.table.active(Instant::now());
@@ -157,25 +184,34 @@ impl Processor {
                 }
                 continue;
             };
-            let reply = tokio::select! {
-                biased;
-                // Dropping the read is safe: nothing was applied, the cursors did not move.
-                () = cancel.cancelled() => break,
-                reply = self.read(&mut session.conn, start) => reply?,
-            };
-            self.outage.succeeded();
-            let entries = stream_reply::read_reply(reply)?;
-            let Some(last) = entries.last().and_then(|e| StreamId::parse(&e.id)) else {
-                // Idle: say how far we are, so gateways holding a message of another partition
-                // need not wait for our next batch.
-                self.announce(&mut session, &active, start).await?;
-                continue;
+            let (batch, last) = match ahead.take() {
+                // Read while the previous batch was applied, for exactly these partitions.
+                Some(next) if next.after == start && next.active == epochs(&active) => {
+                    (Batch::Planned(next.plan), next.last)
+                }
+                _ => {
+                    let reply = tokio::select! {
+                        biased;
+                        // Dropping the read is safe: nothing was applied, the cursors did not move.
+                        () = cancel.cancelled() => break,
+                        reply = self.read(&mut session.conn, start, true) => reply?,
+                    };
+                    self.outage.succeeded();
+                    let entries = stream_reply::read_reply(reply)?;
+                    let Some(last) = entries.last().and_then(|e| StreamId::parse(&e.id)) else {
+                        // Idle: say how far we are, so gateways holding a message of another
+                        // partition need not wait for our next batch.
+                        self.announce(&mut session, &active, start).await?;
+                        continue;
+                    };
+                    (Batch::Read(entries), last)
+                }
             };
             match self
-                .process(&mut session, entries, &active, last, cancel)
+                .process(&mut session, batch, &active, last, cancel)
                 .await?
             {
-                Done::Committed => {}
+                Done::Committed(next) => ahead = next,
                 Done::Cancelled => break,
             }
         }
@@ -235,28 +271,57 @@ impl Processor {
             .unwrap_or_default()
     }
 
+    /// Reads the next batch after `after`; waits up to the block time for one if `block`.
     async fn read(
         &self,
         conn: &mut MultiplexedConnection,
         after: StreamId,
+        block: bool,
     ) -> Result<Value, RedisError> {
-        redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(self.config.batch_size)
-            .arg("BLOCK")
-            .arg(millis(self.config.block))
-            .arg("STREAMS")
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(self.config.batch_size);
+        if block {
+            cmd.arg("BLOCK").arg(millis(self.config.block));
+        }
+        cmd.arg("STREAMS")
             .arg(&self.ctx.stream)
             .arg(after.to_string())
             .query_async(conn)
             .await
     }
 
-    /// Applies one batch and commits it.
+    /// Reads and plans the batch after `last` for the partitions of `active` as the commit of
+    /// the current batch will leave them; `None` if there is none yet.
+    async fn read_ahead(
+        &self,
+        reply: Result<Value, RedisError>,
+        active: &[Active],
+        last: StreamId,
+    ) -> Result<Option<Ahead>, SessionError> {
+        let entries = stream_reply::read_reply(reply?)?;
+        let Some(next_last) = entries.last().and_then(|e| StreamId::parse(&e.id)) else {
+            return Ok(None);
+        };
+        let owned = Ownership::new(
+            active
+                .iter()
+                .map(|a| (a.partition, self.cursor(a.partition).max(last))),
+        );
+        Ok(Some(Ahead {
+            active: epochs(active),
+            after: last,
+            last: next_last,
+            plan: Plan::build(entries, &self.ctx, &owned, &self.stats),
+        }))
+    }
+
+    /// Applies one batch and commits it. While Redis applies it, the next batch is read and
+    /// planned (one replica otherwise leaves Redis idle while it plans, and itself idle while
+    /// Redis applies).
     async fn process(
         &mut self,
         session: &mut Session,
-        entries: Vec<stream_reply::StreamEntry>,
+        entries: Batch,
         active: &[Active],
         last: StreamId,
         cancel: &CancellationToken,
@@ -264,30 +329,58 @@ impl Processor {
         self.stats.batches.inc();
         self.stats.batch_size.0.observe(entries.len() as f64);
         self.stats.in_flight.set(entries.len() as u64);
-        let owned = Ownership::new(
-            active
-                .iter()
-                .map(|a| (a.partition, self.cursor(a.partition))),
-        );
-        let plan = Plan::build(entries, &self.ctx, &owned, &self.stats);
-        let count = plan.entries as u64;
-        for round in plan.rounds {
-            if !self.run_round(session, round, cancel).await? {
-                self.stats.in_flight.set(0);
-                return Ok(Done::Cancelled);
+        let plan = match entries {
+            Batch::Planned(plan) => plan,
+            Batch::Read(entries) => {
+                let owned = Ownership::new(
+                    active
+                        .iter()
+                        .map(|a| (a.partition, self.cursor(a.partition))),
+                );
+                Plan::build(entries, &self.ctx, &owned, &self.stats)
             }
+        };
+        let count = plan.entries as u64;
+        // The read goes out before the batch's calls, so Redis answers it first and the plan
+        // is built while Redis runs the calls. Nothing is applied from it before this batch is
+        // committed; it is dropped if the partitions changed meanwhile.
+        let mut ahead_conn = session.conn.clone();
+        let (applied, ahead) = {
+            let mut next = std::pin::pin!(self.read(&mut ahead_conn, last, false));
+            let sent = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await;
+            let read_next = async {
+                let reply = match sent {
+                    Poll::Ready(reply) => reply,
+                    Poll::Pending => next.await,
+                };
+                self.read_ahead(reply, active, last).await
+            };
+            let apply = async {
+                for round in plan.rounds {
+                    if !self.run_round(session, round, cancel).await? {
+                        return Ok::<_, SessionError>(false);
+                    }
+                }
+                Ok(true)
+            };
+            tokio::join!(apply, read_next)
+        };
+        if !applied? {
+            self.stats.in_flight.set(0);
+            return Ok(Done::Cancelled);
         }
         self.commit(session, active, last).await?;
         self.stats.committed.add(count);
         self.stats.in_flight.set(0);
-        Ok(Done::Committed)
+        // A failed read-ahead is only a lost optimisation: the next turn reads again.
+        Ok(Done::Committed(ahead.ok().flatten()))
     }
 
     /// Executes one round until every call succeeded or was given up. Retryable errors are
     /// retried with backoff; only cancellation stops that (`false`: the batch is not finished
     /// and must not be committed). A connection failure ends the session.
     async fn run_round(
-        &mut self,
+        &self,
         session: &mut Session,
         mut calls: Vec<Call>,
         cancel: &CancellationToken,
@@ -443,6 +536,11 @@ async fn load_scripts(
     let (topic, dead, commit, lease): (String, String, String, String) =
         pipe.query_async(conn).await?;
     Ok((Shas { topic, dead }, commit, lease))
+}
+
+/// The partitions and lease epochs of `active`: what a read-ahead was planned for.
+fn epochs(active: &[Active]) -> Vec<(u16, u64)> {
+    active.iter().map(|a| (a.partition, a.epoch)).collect()
 }
 
 fn millis(d: Duration) -> u64 {

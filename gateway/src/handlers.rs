@@ -176,11 +176,13 @@ impl Gateway {
         };
         let mut restored = sessions.restore(request, &pid, offset, user).await;
         // No session stored: the old connection may still be open somewhere (its client's
-        // network vanished without a close). Ask its gateway to give it up, then try again.
+        // network vanished without a close), or its session may be on its way to Redis. Ask its
+        // gateway to give it up, then try again — whatever the answer: a session whose write
+        // landed between the first try and the request is "held" by nobody but stored now.
         if matches!(restored, Ok(None))
             && let Some(takeovers) = &self.takeovers
-            && takeovers.request(&pid).await
         {
+            takeovers.request(&pid).await;
             restored = sessions.restore(request, &pid, offset, user).await;
         }
         if matches!(restored, Err(RestoreError::WrongUser)) {
@@ -358,9 +360,13 @@ impl Gateway {
                         }
                         takeovers.unregister(&pid, &socket);
                         socket.close_connection();
+                        // Nothing left to save means its disconnect is saving it right now.
+                        takeovers.wait_written(&pid).await;
                         true
                     }
-                    _ => false,
+                    // Already gone, its session still on its way to Redis: stored once the
+                    // write lands, so the requester's retry finds it.
+                    _ => takeovers.wait_written(&pid).await,
                 };
                 takeovers.reply(&from, request, held).await;
             }
@@ -456,18 +462,37 @@ impl SioApp for Gateway {
     fn disconnect(&self, socket: &Arc<SioSocket>, reason: &'static str) {
         tracing::debug!(sid = %socket.id(), reason, "socket disconnected");
         let departures = self.leave_all(socket);
-        if let (Some(takeovers), Some(pid)) = (&self.takeovers, socket.pid()) {
-            takeovers.unregister(pid, socket);
-        }
         // Like Node: a client that said goodbye (or was sent away) does not want its session back. No departures
         // means the socket was already taken over, or replaced by its recovered self on this
         // gateway (same id): the session belongs to the new socket now.
-        if reason != "client namespace disconnect"
+        let save = reason != "client namespace disconnect"
             && reason != "server namespace disconnect"
-            && !departures.is_empty()
-            && let (Some(sessions), Some(pid)) = (&self.sessions, socket.pid())
-        {
-            sessions.save(socket, pid, departures);
+            && !departures.is_empty();
+        match (&self.sessions, socket.pid(), &self.takeovers) {
+            (Some(sessions), Some(pid), Some(takeovers)) if save => {
+                // Noted before the socket stops being this gateway's: a takeover request that
+                // arrives before the write lands waits for it rather than finding nothing.
+                let done = takeovers.writing(pid.clone());
+                takeovers.unregister(pid, socket);
+                let write = sessions.session_write(socket, pid, departures);
+                let takeovers = takeovers.clone();
+                let pid = pid.clone();
+                sessions.writes.spawn(async move {
+                    write.await;
+                    takeovers.written(&pid, &done);
+                });
+            }
+            (sessions, Some(pid), takeovers) => {
+                if let Some(takeovers) = takeovers {
+                    takeovers.unregister(pid, socket);
+                }
+                if let Some(sessions) = sessions
+                    && save
+                {
+                    sessions.save(socket, pid, departures);
+                }
+            }
+            (_, None, _) => {}
         }
     }
 }

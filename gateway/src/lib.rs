@@ -203,6 +203,13 @@ pub async fn run(
     let serve_stop = shutdown.clone();
     let ready_on_stop = readiness.clone();
     let drain = config.drain.clone();
+    // No Nagle: a packet written while an earlier one is unacknowledged would otherwise wait
+    // for that ACK, which the client may delay by up to 40 ms (as Node, which sets noDelay).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),

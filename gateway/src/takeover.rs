@@ -16,7 +16,7 @@ use std::{
 
 use redis::aio::ConnectionManager;
 use roomcast_shared::wire::{ControlMessage, KeySpace};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::sio::SioSocket;
 
@@ -46,6 +46,10 @@ pub(crate) struct Takeovers {
     timeout: Duration,
     /// Live sockets by private session id.
     live: Mutex<HashMap<Arc<str>, Weak<SioSocket>>>,
+    /// Sessions of sockets that left, whose write to Redis is still in flight: a takeover
+    /// request for one waits for it instead of answering "not held" while the session is not
+    /// stored yet (the client came back faster than its session was written).
+    writing: Mutex<HashMap<Arc<str>, watch::Receiver<bool>>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_request: AtomicU64,
 }
@@ -63,6 +67,7 @@ impl Takeovers {
             commands,
             timeout,
             live: Mutex::default(),
+            writing: Mutex::default(),
             pending: Mutex::default(),
             next_request: AtomicU64::new(1),
         }
@@ -92,6 +97,39 @@ impl Takeovers {
         {
             live.remove(pid);
         }
+    }
+
+    /// Notes that the session of `pid` is being written; the returned sender marks it stored.
+    pub(crate) fn writing(&self, pid: Arc<str>) -> watch::Sender<bool> {
+        let (tx, rx) = watch::channel(false);
+        self.writing_lock().insert(pid, rx);
+        tx
+    }
+
+    /// The session of `pid` is stored (or its write gave up).
+    pub(crate) fn written(&self, pid: &str, done: &watch::Sender<bool>) {
+        let _ = done.send(true);
+        let mut writing = self.writing_lock();
+        if writing
+            .get(pid)
+            .is_some_and(|rx| rx.same_channel(&done.subscribe()))
+        {
+            writing.remove(pid);
+        }
+    }
+
+    /// Waits (at most the request timeout) for an in-flight write of `pid`'s session; true if
+    /// there was one.
+    pub(crate) async fn wait_written(&self, pid: &str) -> bool {
+        let Some(mut rx) = self.writing_lock().get(pid).cloned() else {
+            return false;
+        };
+        let _ = tokio::time::timeout(self.timeout, rx.wait_for(|stored| *stored)).await;
+        true
+    }
+
+    fn writing_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, watch::Receiver<bool>>> {
+        self.writing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The live socket of `pid` on this gateway, if any.

@@ -43,6 +43,9 @@ pub(crate) async fn open(
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     if let Some(ip) = local {
+        // A port still in TIME_WAIT from an earlier run may be taken again: the destination
+        // differs or the old connection is over; without this, back-to-back runs run out of ports.
+        socket.set_reuseaddr(true)?;
         socket
             .bind(SocketAddr::new(ip, 0))
             .with_context(|| format!("bind {ip}"))?;

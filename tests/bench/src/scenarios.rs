@@ -82,9 +82,15 @@ pub(crate) async fn ramp(
     } else {
         load.source_addresses
     };
-    let source_ips: Vec<IpAddr> = (1..=sources)
-        .map(|i| IpAddr::from([127, 0, 0, i]))
-        .collect();
+    // One address: no bind at all, so the kernel picks ports per destination (and reuses
+    // TIME_WAIT ones); several: each connection binds its address.
+    let source_ips: Vec<IpAddr> = if sources <= 1 {
+        Vec::new()
+    } else {
+        (1..=sources)
+            .map(|i| IpAddr::from([127, 0, 0, i]))
+            .collect()
+    };
     let mut workers = Vec::new();
     let per = load.clients.div_ceil(processes as u64);
     let started = Instant::now();
@@ -142,7 +148,7 @@ pub(crate) async fn ramp(
             rate: status.connected as f64 / seconds,
             connect,
             workers: processes,
-            source_addresses: source_ips.len(),
+            source_addresses: source_ips.len().max(1),
         },
     ))
 }
