@@ -61,6 +61,13 @@ pub struct GatewayConfig {
     )]
     pub listen_addr: SocketAddr,
 
+    /// Connections the kernel may hold for the gateway before it accepts them (the listen
+    /// backlog; capped by `net.core.somaxconn`). A reconnect wave (a pod restart, a network
+    /// blip) arrives at once, and a connection refused for a full queue retries only after a
+    /// one-second SYN timeout.
+    #[arg(long = "listen-backlog", env = "LISTEN_BACKLOG", value_name = "LISTEN_BACKLOG", default_value = "4096", value_parser = parse_backlog)]
+    pub listen_backlog: u32,
+
     /// Milliseconds between Engine.IO pings.
     #[arg(long = "ping-interval", env = "WEBSOCKET_PING_INTERVAL", value_name = "WEBSOCKET_PING_INTERVAL", default_value = "25000", value_parser = parse_millis)]
     pub ping_interval: Duration,
@@ -267,6 +274,13 @@ impl LimitArgs {
     }
 }
 
+fn parse_backlog(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number above zero")),
+    }
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
@@ -326,6 +340,7 @@ mod tests {
     fn defaults_match_the_design_notes() {
         let c = GatewayConfig::try_parse_from(["gw"]).expect("defaults parse");
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:3000");
+        assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.ping_interval, Duration::from_secs(25));
         assert_eq!(c.ping_timeout, Duration::from_secs(60));
         assert_eq!(c.upgrade_timeout, Duration::from_secs(10));
@@ -384,6 +399,7 @@ mod tests {
             (&["gw", "--transports", "carrier-pigeon"][..], "TRANSPORTS"),
             (&["gw", "--namespaces", "/,admin"][..], "NAMESPACES"),
             (&["gw", "--listen-addr", "nowhere"][..], "LISTEN_ADDR"),
+            (&["gw", "--listen-backlog", "0"][..], "LISTEN_BACKLOG"),
             (&["gw", "--gateway-id", ""][..], "GATEWAY_ID"),
             (&["gw", "--gateway-id", "a{b}"][..], "GATEWAY_ID"),
             (&["gw", "--jwt-secret", "short"][..], "JWT_SECRET"),

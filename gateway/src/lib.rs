@@ -46,6 +46,20 @@ use crate::{
     takeover::Takeovers,
 };
 
+/// Binds the client listener with room for `backlog` connections waiting to be accepted
+/// (`TcpListener::bind` fixes 1024).
+pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted gateway rebinds while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then closes client
 /// connections, removes this gateway's memberships from Redis and returns.
 pub async fn run(

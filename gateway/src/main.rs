@@ -8,8 +8,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let config: GatewayConfig = parse_or_exit();
     telemetry::init(&config.telemetry)?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
+    let listener = roomcast_gateway::listen(config.listen_addr, config.listen_backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on LISTEN_ADDR {}: {e}", config.listen_addr))?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());

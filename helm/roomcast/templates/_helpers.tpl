@@ -122,6 +122,7 @@ WEBSOCKET_PING_TIMEOUT: {{ include "roomcast.int" $c.pingTimeoutMs }}
 WEBSOCKET_UPGRADE_TIMEOUT: {{ include "roomcast.int" $c.upgradeTimeoutMs }}
 MAX_PAYLOAD: {{ include "roomcast.int" $c.maxPayload }}
 MAX_CONNECTIONS: {{ include "roomcast.int" $c.maxConnections }}
+LISTEN_BACKLOG: {{ include "roomcast.int" $c.listenBacklog }}
 CONNECT_TIMEOUT: {{ include "roomcast.int" $c.connectTimeoutMs }}
 MAX_BUFFERED_BYTES: {{ include "roomcast.int" $c.maxBufferedBytes }}
 NAMESPACES: {{ join "," $c.namespaces | quote }}

@@ -220,6 +220,10 @@ pub(crate) struct StormArgs {
     /// Share of the clients that drop at once.
     #[arg(long, env = "BENCH_DROP", default_value_t = 0.1)]
     pub(crate) drop: f64,
+    /// Seconds of publishing before anything is measured (every room's first events, the
+    /// gateways' first subscriptions and ordering state, are not what this measures).
+    #[arg(long, env = "BENCH_WARMUP_SECS", default_value_t = 3)]
+    pub(crate) warmup_secs: u64,
     /// Seconds of publishing before the drop.
     #[arg(long, env = "BENCH_BEFORE_SECS", default_value_t = 5)]
     pub(crate) before_secs: u64,

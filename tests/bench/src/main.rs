@@ -320,6 +320,7 @@ fn print_storm(runs: &[StormResult]) -> String {
         "dups",
         "gaps",
         "latency p99 ms",
+        "steady p50/p99/max ms",
         "CPU",
     ]);
     for r in runs {
@@ -338,6 +339,12 @@ fn print_storm(runs: &[StormResult]) -> String {
             r.duplicates.to_string(),
             r.gaps.to_string(),
             f1(r.latency.p99_ms),
+            format!(
+                "{} / {} / {}",
+                f1(r.steady_latency.p50_ms),
+                f1(r.steady_latency.p99_ms),
+                f1(r.steady_latency.max_ms)
+            ),
             r.usage.cpu_summary(),
         ]);
     }

@@ -517,6 +517,8 @@ pub(crate) struct StormResult {
     pub(crate) gaps: u64,
     /// Publish→receive latency over the whole run (replayed events included).
     pub(crate) latency: Latency,
+    /// The same for the clients that were never dropped: live delivery during the storm.
+    pub(crate) steady_latency: Latency,
     pub(crate) usage: Usage,
 }
 
@@ -532,9 +534,14 @@ async fn storm_on(cluster: &Cluster, args: &StormArgs) -> anyhow::Result<StormRe
     let mut publisher =
         Publisher::new(cluster.target, &cluster.redis_url, args.rooms, args.payload).await?;
     let members = members(args.load.clients, args.rooms);
+    let msgs_rate = args.rate / (args.load.clients as f64 / args.rooms as f64);
+    if args.warmup_secs > 0 {
+        publisher
+            .run(msgs_rate, Duration::from_secs(args.warmup_secs), 0)
+            .await?;
+    }
     workers.ask(&Command::Step { step: 1 }).await?;
     let before = Snapshot::take(cluster, workers.samples());
-    let msgs_rate = args.rate / (args.load.clients as f64 / args.rooms as f64);
     let duration = Duration::from_secs(args.before_secs + args.after_secs);
     let publishing =
         tokio::spawn(async move { (publisher.run(msgs_rate, duration, 1).await, publisher) });
@@ -577,6 +584,7 @@ async fn storm_on(cluster: &Cluster, args: &StormArgs) -> anyhow::Result<StormRe
     let status = total(&replies);
     let recovery = merged(&replies, |r| r.recover.as_ref())?;
     let latency = merged(&replies, |r| r.latency.as_ref())?;
+    let steady_latency = merged(&replies, |r| r.steady.as_ref())?;
     workers.stop().await;
     Ok(StormResult {
         target: cluster.target,
@@ -598,6 +606,7 @@ async fn storm_on(cluster: &Cluster, args: &StormArgs) -> anyhow::Result<StormRe
         duplicates: status.duplicates,
         gaps: status.gaps,
         latency,
+        steady_latency,
         usage,
     })
 }

@@ -107,6 +107,9 @@ pub(crate) struct Reply {
     pub(crate) connect: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) recover: Option<String>,
+    /// Publish→receive latency of the clients never dropped (live delivery only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) steady: Option<String>,
 }
 
 /// A histogram of µs from 1 µs to 10 min, 3 significant digits.
@@ -158,6 +161,8 @@ struct Shared {
     step: AtomicU64,
     counters: Counters,
     latency: Vec<Mutex<Histogram<u64>>>,
+    /// As `latency`, for the clients never dropped.
+    steady: Vec<Mutex<Histogram<u64>>>,
     connect: Mutex<Histogram<u64>>,
     recover: Mutex<Histogram<u64>>,
 }
@@ -194,6 +199,7 @@ pub(crate) fn main(spec: WorkerSpec) -> anyhow::Result<()> {
 async fn serve(spec: WorkerSpec) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         latency: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+        steady: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
         connect: Mutex::new(histogram()),
         recover: Mutex::new(histogram()),
         spec,
@@ -221,15 +227,13 @@ async fn serve(spec: WorkerSpec) -> anyhow::Result<()> {
             latency: None,
             connect: None,
             recover: None,
+            steady: None,
         };
         match command {
             Command::Status => {}
             Command::Report => {
-                let mut merged = histogram();
-                for shard in &shared.latency {
-                    let _ = merged.add(&*lock(shard));
-                }
-                reply.latency = Some(encode_histogram(&merged));
+                reply.latency = Some(encode_histogram(&merge_shards(&shared.latency)));
+                reply.steady = Some(encode_histogram(&merge_shards(&shared.steady)));
                 reply.connect = Some(encode_histogram(&lock(&shared.connect)));
                 reply.recover = Some(encode_histogram(&lock(&shared.recover)));
             }
@@ -239,7 +243,7 @@ async fn serve(spec: WorkerSpec) -> anyhow::Result<()> {
                 for counter in [&c.received, &c.stale, &c.duplicates, &c.gaps] {
                     counter.store(0, Ordering::Relaxed);
                 }
-                for shard in &shared.latency {
+                for shard in shared.latency.iter().chain(&shared.steady) {
                     lock(shard).reset();
                 }
                 shared.step.store(step, Ordering::Release);
@@ -274,6 +278,14 @@ async fn serve(spec: WorkerSpec) -> anyhow::Result<()> {
         write_reply(&mut stdout, &reply).await?;
     }
     Ok(())
+}
+
+fn merge_shards(shards: &[Mutex<Histogram<u64>>]) -> Histogram<u64> {
+    let mut merged = histogram();
+    for shard in shards {
+        let _ = merged.add(&*lock(shard));
+    }
+    merged
 }
 
 async fn write_reply(out: &mut tokio::io::Stdout, reply: &Reply) -> anyhow::Result<()> {
@@ -319,6 +331,8 @@ struct Client {
     ids: SocketIds,
     last_seq: Option<u64>,
     offset: Option<String>,
+    /// Dropped at least once: its events may be replays, not live deliveries.
+    dropped: bool,
 }
 
 impl Client {
@@ -354,7 +368,11 @@ impl Client {
         }
         c.received.fetch_add(1, Ordering::Relaxed);
         let latency = now_us().saturating_sub(stamp.sent_us).max(1);
-        lock(&shared.latency[(self.index as usize) % SHARDS]).saturating_record(latency);
+        let shard = (self.index as usize) % SHARDS;
+        lock(&shared.latency[shard]).saturating_record(latency);
+        if !self.dropped {
+            lock(&shared.steady[shard]).saturating_record(latency);
+        }
     }
 }
 
@@ -374,6 +392,7 @@ async fn connection(
         ids: SocketIds::default(),
         last_seq: None,
         offset: None,
+        dropped: false,
     };
     let (opened, took) = {
         let Ok(_permit) = gate.acquire().await else {
@@ -427,6 +446,7 @@ async fn connection(
                     if selected(index, seen_epoch, order.drop_per_mille) {
                         // Gone without a goodbye; back at once, asking for its session.
                         drop(ws);
+                        client.dropped = true;
                         shared.counters.reconnecting.fetch_add(1, Ordering::Relaxed);
                         let dropped_at = Instant::now();
                         let result = establish(&shared, &mut client, target, source, Some(dropped_at)).await;
