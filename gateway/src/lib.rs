@@ -25,7 +25,7 @@ use anyhow::Context;
 use roomcast_shared::{
     health::Readiness,
     redis_conn::Backoff,
-    wire::{KeySpace, StreamId},
+    wire::{KeySpace, StreamId, meta_ttl_ms},
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -72,7 +72,9 @@ pub async fn run(
     let client = redis::Client::open(config.redis.url.as_str()).context("REDIS_URL")?;
     tracing::info!(gateway_id = %gateway_id, addr = %listener.local_addr()?, "starting gateway");
 
-    let Some(mut commands) = connect_until_ready(&client, &keys, &gateway_id, &shutdown).await
+    let meta_ttl = meta_ttl_ms(config.recovery.window_ms());
+    let Some(mut commands) =
+        connect_until_ready(&client, &keys, &gateway_id, meta_ttl, &shutdown).await
     else {
         return Ok(());
     };
@@ -133,6 +135,7 @@ pub async fn run(
             readiness: readiness.clone(),
             interval: config.heartbeat_interval,
             ttl: config.gateway_ttl,
+            meta_ttl_ms: meta_ttl,
             stats: stats.clone(),
         }
         .run(background_stop.clone()),
@@ -264,7 +267,9 @@ pub async fn run(
     background_stop.cancel();
     background.close();
     background.wait().await;
-    if let Err(error) = membership::remove_gateway(&mut commands, &keys, &gateway_id).await {
+    if let Err(error) =
+        membership::remove_gateway(&mut commands, &keys, &gateway_id, meta_ttl).await
+    {
         tracing::warn!(%error, "could not remove this gateway's memberships; others will reap them");
     }
     tracing::info!(counters = %stats.summary(), "gateway stopped");
@@ -277,6 +282,7 @@ async fn connect_until_ready(
     client: &redis::Client,
     keys: &KeySpace,
     gateway_id: &str,
+    meta_ttl: u64,
     shutdown: &CancellationToken,
 ) -> Option<redis::aio::ConnectionManager> {
     let mut backoff = Backoff::default();
@@ -284,7 +290,7 @@ async fn connect_until_ready(
     loop {
         let attempt = async {
             let mut commands = roomcast_shared::redis_conn::command_connection(client).await?;
-            membership::remove_gateway(&mut commands, keys, gateway_id).await?;
+            membership::remove_gateway(&mut commands, keys, gateway_id, meta_ttl).await?;
             Ok::<_, redis::RedisError>(commands)
         };
         let delay = match attempt.await {

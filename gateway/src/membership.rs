@@ -21,6 +21,8 @@ pub(crate) struct Membership {
     pub(crate) readiness: Readiness,
     pub(crate) interval: Duration,
     pub(crate) ttl: Duration,
+    /// Life of the `:meta` of a topic a reaped gateway was the last to hold (`wire::meta_ttl_ms`).
+    pub(crate) meta_ttl_ms: u64,
     pub(crate) stats: Arc<crate::stats::GatewayStats>,
 }
 
@@ -71,7 +73,10 @@ impl Membership {
         let expiry = now + self.ttl.as_millis() as u64;
         let script = redis::Script::new(REAP_GATEWAYS_LUA);
         let mut reap = script.key(self.keys.gateways());
-        reap.arg(now).arg(self.keys.prefix()).arg("");
+        reap.arg(now)
+            .arg(self.keys.prefix())
+            .arg("")
+            .arg(self.meta_ttl_ms);
         // Loading the script every beat is cheap and makes the pipeline survive a Redis restart
         // (which forgets loaded scripts).
         let (added, _reaped): (u64, u64) = redis::pipe()
@@ -91,12 +96,14 @@ pub(crate) async fn remove_gateway(
     commands: &mut ConnectionManager,
     keys: &KeySpace,
     gateway_id: &str,
+    meta_ttl_ms: u64,
 ) -> redis::RedisResult<()> {
     redis::Script::new(REAP_GATEWAYS_LUA)
         .key(keys.gateways())
         .arg(unix_ms())
         .arg(keys.prefix())
         .arg(gateway_id)
+        .arg(meta_ttl_ms)
         .invoke_async::<u64>(commands)
         .await?;
     Ok(())

@@ -140,12 +140,19 @@ impl Sessions {
             }
         }
         for t in &record.topics {
-            let hold = self.keys.topic(&record.nsp, t.room.as_deref()).hold_key();
+            let topic = self.keys.topic(&record.nsp, t.room.as_deref());
             pipe.cmd("SET")
-                .arg(hold)
+                .arg(topic.hold_key())
                 .arg(1)
                 .arg("PX")
                 .arg(window_ms)
+                .ignore();
+            // The sequence must outlive the session: an expiring meta (nobody holds the topic)
+            // lives at least as long as the hold; GT leaves a persistent one (held) alone.
+            pipe.cmd("PEXPIRE")
+                .arg(topic.meta_key())
+                .arg(window_ms)
+                .arg("GT")
                 .ignore();
         }
         let mut commands = self.commands.clone();

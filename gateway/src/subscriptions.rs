@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use roomcast_shared::{
     health::Readiness,
     redis_conn::Backoff,
-    wire::{ControlMessage, KeySpace, Position, StreamId, Topic},
+    wire::{ControlMessage, KeySpace, Position, StreamId, TOPIC_LEAVE_LUA, Topic, meta_ttl_ms},
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -206,23 +206,28 @@ impl Subscriptions {
             let members = Topic::from_channel(&*channel).members_key();
             if count > 0 {
                 pipe.hset(&members, &*self.gateway_id, count).ignore();
+                // Held again: the sequence must outlive any expiry a last leaver gave it.
+                pipe.persist(Topic::from_channel(&*channel).meta_key())
+                    .ignore();
                 pipe.sadd(&own_topics, &*channel).ignore();
                 if changes.full || !subscribed.contains(&channel) {
                     to_subscribe.push(channel);
                 }
             } else {
-                if self.window_ms > 0 {
-                    // Before the count goes: at every instant the topic is held or on hold, so
-                    // the fanout never drops a message a recovering socket will ask for.
-                    let hold = Topic::from_channel(&*channel).hold_key();
-                    pipe.cmd("SET")
-                        .arg(hold)
-                        .arg(1)
-                        .arg("PX")
-                        .arg(self.window_ms)
-                        .ignore();
-                }
-                pipe.hdel(&members, &*self.gateway_id).ignore();
+                // Hold first, then the count (so that at every instant the topic is held or on
+                // hold, and the fanout never drops a message a recovering socket will ask for);
+                // the last holder out starts the meta's expiry.
+                let topic = Topic::from_channel(&*channel);
+                pipe.cmd("EVAL")
+                    .arg(TOPIC_LEAVE_LUA)
+                    .arg(3)
+                    .arg(&members)
+                    .arg(topic.hold_key())
+                    .arg(topic.meta_key())
+                    .arg(&*self.gateway_id)
+                    .arg(self.window_ms)
+                    .arg(meta_ttl_ms(self.window_ms))
+                    .ignore();
                 pipe.srem(&own_topics, &*channel).ignore();
                 if subscribed.contains(&channel) {
                     to_unsubscribe.push(channel);

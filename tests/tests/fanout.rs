@@ -955,6 +955,26 @@ async fn history_records_what_was_published_and_held_topics() {
         "a held-for-recovery topic keeps history without members"
     );
     assert_eq!(kept[0].0, recovering_id);
+    let pttl = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("PTTL")
+        }
+    };
+    assert_eq!(
+        pttl(held.meta_key()).await,
+        -1,
+        "a held topic's sequence does not expire"
+    );
+    let recovering_meta = pttl(recovering.meta_key()).await;
+    assert!(
+        recovering_meta > 0 && recovering_meta <= 60_000,
+        "a topic kept only by a hold: its sequence expires like the hold, got {recovering_meta}"
+    );
     assert_eq!(
         xlen(&mut conn, &nobody.history_key()).await,
         0,

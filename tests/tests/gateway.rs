@@ -21,14 +21,19 @@ async fn a_dead_gateways_memberships_are_reaped_by_a_live_one() -> anyhow::Resul
     let mut conn = redis.connection().await?;
     let keys = KeySpace::new("socket.io");
     let room = keys.room("/", "chat:1");
+    let solo = keys.room("/", "only-gw-dead");
     let far_future = u64::MAX / 2;
     // gw-dead stopped heartbeating long ago; gw-other is alive.
     let _: () = redis::pipe()
         .zadd(keys.gateways(), "gw-dead", 1)
         .zadd(keys.gateways(), "gw-other", far_future)
         .sadd(keys.gateway_topics("gw-dead"), room.channel())
+        .sadd(keys.gateway_topics("gw-dead"), solo.channel())
         .hset(room.members_key(), "gw-dead", 3)
         .hset(room.members_key(), "gw-other", 1)
+        .hset(solo.members_key(), "gw-dead", 2)
+        .hset(room.meta_key(), "seq", 7)
+        .hset(solo.meta_key(), "seq", 9)
         .query_async(&mut conn)
         .await?;
 
@@ -43,6 +48,21 @@ async fn a_dead_gateways_memberships_are_reaped_by_a_live_one() -> anyhow::Resul
         }
     })
     .await;
+    // A topic somebody still holds keeps its sequence; one nobody holds any more lets it expire
+    // (after the recovery window, at least a minute), instead of keeping it forever.
+    let held_ttl: i64 = conn.pttl(room.meta_key()).await?;
+    assert_eq!(held_ttl, -1, "still held by gw-other: no expiry");
+    let solo_ttl: i64 = eventually("the unheld topic's meta gets an expiry", || {
+        let mut conn = conn.clone();
+        let meta = solo.meta_key();
+        async move {
+            let ttl: i64 = conn.pttl(meta).await.ok()?;
+            (ttl > 0).then_some(ttl)
+        }
+    })
+    .await;
+    let window = roomcast_shared::wire::meta_ttl_ms(120_000) as i64;
+    assert!(solo_ttl <= window, "{solo_ttl} ms > {window} ms");
     let dead_score: Option<u64> = conn.zscore(keys.gateways(), "gw-dead").await?;
     assert_eq!(dead_score, None, "the dead gateway leaves the live set");
     let dead_topics: bool = conn.exists(keys.gateway_topics("gw-dead")).await?;

@@ -121,6 +121,16 @@ impl PartitionKeys {
     }
 }
 
+/// Shortest life of a topic's `:meta` once nobody holds the topic: a gateway leaving and another
+/// joining a moment later (a page reload) keep the sequence instead of restarting it.
+pub const MIN_META_TTL_MS: u64 = 60_000;
+
+/// How long a topic's `:meta` lives once nobody holds it: at least as long as the sessions that
+/// may recover into it (`RECOVERY_MAX_DISCONNECTION_MS`), at least [`MIN_META_TTL_MS`].
+pub fn meta_ttl_ms(window_ms: u64) -> u64 {
+    window_ms.max(MIN_META_TTL_MS)
+}
+
 /// A delivery target with its own channel, sequence and member counts: a room, or a whole
 /// namespace. Its identity is its channel name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,6 +152,8 @@ impl Topic {
     }
 
     /// Hash `{seq, src}`: the topic's last sequence number and the last source entry id sequenced.
+    /// Persistent while a gateway holds the topic; expires [`meta_ttl_ms`] after the last one
+    /// left (extended by every `:hold` written meanwhile).
     pub fn meta_key(&self) -> String {
         format!("{}:meta", self.base)
     }

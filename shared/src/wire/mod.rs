@@ -18,7 +18,7 @@ pub mod stream_id;
 
 pub use control::ControlMessage;
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeBody, EnvelopeError};
-pub use keys::{KeySpace, PartitionKeys, Topic};
+pub use keys::{KeySpace, MIN_META_TTL_MS, PartitionKeys, Topic, meta_ttl_ms};
 pub use names::{NameError, validate_namespace, validate_room};
 pub use partition::{MAX_PARTITIONS, hash_slot, partition_of};
 pub use progress::{PROGRESS_VERSION, Progress, ProgressError};
@@ -43,6 +43,9 @@ pub const PARTITION_COMMIT_LUA: &str = include_str!("partition_commit.lua");
 
 /// The Lua script that dead-letters refused publish requests, each at most once.
 pub const DEAD_LETTER_LUA: &str = include_str!("dead_letter.lua");
+
+/// The Lua script with which a gateway stops holding a topic (hold, count, meta expiry).
+pub const TOPIC_LEAVE_LUA: &str = include_str!("topic_leave.lua");
 
 /// The Lua script that removes the room memberships of dead (or departing) gateways.
 pub const REAP_GATEWAYS_LUA: &str = include_str!("reap_gateways.lua");

@@ -1,5 +1,6 @@
 -- Sequences publish requests into one topic, records them in the topic's history and publishes
--- them, atomically. Contract v1 (script v2: several entries per call); documented in
+-- them, atomically. Contract v1 (script v3: several entries per call; v3 lets :meta expire when only
+-- a :hold keeps the topic); documented in
 -- docs/redis-keys.md. Every key shares the topic's hash tag.
 --
 -- KEYS[1]  <topic>:meta     hash {seq, src}
@@ -50,6 +51,10 @@ for i = 4, #ARGV - 1, 2 do
   else
     local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
     redis.call('HSET', KEYS[1], 'src', src)
+    if not held then
+      -- Only a :hold keeps the topic: its meta lives as long (a joining gateway persists it).
+      redis.call('PEXPIRE', KEYS[1], retention)
+    end
     last, lms, ln = src, ms, n
     -- Envelope = msgpack array [version 1, seq, body]: 0x93, fixint 1, the seq, the body.
     local envelope = '\147\1' .. cmsgpack.pack(seq) .. ARGV[i + 1]

@@ -81,6 +81,61 @@ test("room channel subscribed while a gateway has members, unsubscribed after th
   cluster.assertArgs(await got, [true], id);
 });
 
+test("a room's sequence lasts while a gateway holds the room, expires once none does, and lasts again on a new join", async () => {
+  const room = "meta:1";
+  const channel = cluster.keys().room(room);
+  const meta = cluster.keys().meta(channel);
+  const a = await cluster.connect("gw-a");
+  const b = await cluster.connect("gw-b");
+  await cluster.join(a, room);
+  await cluster.join(b, room);
+  const first = waitFor(a, "first");
+  const id = await cluster.publish({ room, event: "first", data: 1 });
+  cluster.assertArgs(await first, [1], id);
+  assert.equal(await cluster.redis.hget(meta, "seq"), "1");
+  assert.equal(await cluster.redis.pttl(meta), -1, "held: the sequence does not expire");
+
+  await cluster.leave(a, room);
+  await membersBecome(channel, { "gw-b": 1 }, "a left");
+  assert.equal(await cluster.redis.pttl(meta), -1, "still held by gw-b: no expiry");
+
+  // The last holder's leave and the expiry are one script: once the hash is empty, it is set.
+  await cluster.leave(b, room);
+  await membersBecome(channel, {}, "the last member left");
+  const ttl = await cluster.redis.pttl(meta);
+  const limit = Math.max(cluster.recoveryWindowMs, 60000);
+  assert.ok(ttl > 0 && ttl <= limit, `nobody holds the room: its sequence expires within ${limit} ms (PTTL ${ttl})`);
+
+  // A new member before the expiry: persistent again, and the sequence goes on.
+  await cluster.join(a, room);
+  assert.equal(await cluster.redis.pttl(meta), -1, "held again: no expiry");
+  const second = waitFor(a, "second");
+  const id2 = await cluster.publish({ room, event: "second", data: 2 });
+  cluster.assertArgs(await second, [2], id2);
+  assert.equal(await cluster.redis.hget(meta, "seq"), "2", "the sequence went on from 1");
+});
+
+test("a session saved for recovery keeps its rooms' sequences at least as long as itself", async () => {
+  const room = "meta:2";
+  const channel = cluster.keys().room(room);
+  const meta = cluster.keys().meta(channel);
+  const s = await cluster.connect("gw-a", { reconnection: false });
+  await cluster.join(s, room);
+  const got = waitFor(s, "one");
+  const id = await cluster.publish({ room, event: "one", data: 1 });
+  cluster.assertArgs(await got, [1], id);
+  const session = cluster.keys().session(s._pid);
+
+  // Lost without a goodbye: the gateway saves the session, then lets the room go.
+  s.io.engine.close();
+  await eventually(async () => (await cluster.redis.exists(session)) === 1, { message: `${session} stored` });
+  await membersBecome(channel, {}, "the only member is gone");
+  // Meta first: its expiry being the later one makes its PTTL, read first, the larger.
+  const metaTtl = await cluster.redis.pttl(meta);
+  const sessionTtl = await cluster.redis.pttl(session);
+  assert.ok(sessionTtl > 0 && metaTtl >= sessionTtl, `meta PTTL ${metaTtl} >= session PTTL ${sessionTtl}`);
+});
+
 test("disconnecting a member of several rooms releases all of them", async () => {
   const rooms = ["multi:1", "multi:2", "multi:3"];
   const s = await cluster.connect("gw-b", { transports: ["websocket"] });
