@@ -229,6 +229,22 @@ pub(crate) fn rebalance(kept: &[u16], preference: &[u16], target: usize) -> Reba
     }
 }
 
+/// Whether some replica holds more than its fair share `target`, judging by the owners of the
+/// partitions we do not hold: it gives the excess up at its next renewal, and a replica short of
+/// its share should be there to take it at once rather than a renewal interval later.
+pub(crate) fn release_expected(owners: &[Option<String>], me: &str, target: usize) -> bool {
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for owner in owners.iter().flatten().filter(|o| o.as_str() != me) {
+        *counts.entry(owner.as_str()).or_default() += 1;
+    }
+    counts.values().any(|&n| n > target)
+}
+
+/// How soon a replica short of its share looks again while another holds more than its own: a
+/// handed-over partition is unowned (and every gateway holds the messages after it, to keep the
+/// order) from its release until it is taken.
+const SHORT_RETRY: Duration = Duration::from_millis(25);
+
 /// The lease task.
 pub(crate) struct Leases {
     pub(crate) client: redis::Client,
@@ -355,10 +371,13 @@ impl Leases {
         let mut sha = None;
         let mut tick = tokio::time::interval(self.renew);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let retry = SHORT_RETRY.min(self.renew);
+        let mut short = false;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {}
+                () = tokio::time::sleep(retry), if short => {}
             }
             let result = async {
                 if conn.is_none() {
@@ -373,28 +392,35 @@ impl Leases {
                 let Some(s) = sha.as_deref() else {
                     return Err(LeaseError::Unexpected("SCRIPT LOAD"));
                 };
-                let reload = self.round(c, s, &preference).await?;
+                let (reload, waiting) = self.round(c, s, &preference).await?;
                 if reload {
                     sha = None;
                 }
-                Ok(())
+                Ok(waiting)
             }
             .await;
             match result {
-                Ok(()) => self.outage.succeeded(),
-                Err(error) => self.outage.failed(&error),
+                Ok(waiting) => {
+                    short = waiting;
+                    self.outage.succeeded();
+                }
+                Err(error) => {
+                    short = false;
+                    self.outage.failed(&error);
+                }
             }
         }
         self.shutdown(conn, sha).await;
     }
 
-    /// One renewal and rebalancing round. Returns whether the script must be loaded again.
+    /// One renewal and rebalancing round. Returns whether the script must be loaded again, and
+    /// whether this replica is short of its share while another gives partitions up.
     async fn round<C: ConnectionLike>(
         &mut self,
         conn: &mut C,
         sha: &str,
         preference: &[u16],
-    ) -> Result<bool, LeaseError> {
+    ) -> Result<(bool, bool), LeaseError> {
         let partitions = self.table.partitions();
         let replicas = self.keys.fanout_replicas();
         let ttl_ms = millis(self.ttl);
@@ -456,7 +482,7 @@ impl Leases {
             }
         }
         if reload {
-            return Ok(true);
+            return Ok((true, false));
         }
 
         let kept = self.table.kept();
@@ -466,24 +492,29 @@ impl Leases {
             info!(partitions = ?plan.surrender, live, target, "giving partitions up for other replicas");
             self.table.surrender(&plan.surrender);
         }
+        let mut waiting = false;
         if plan.want > 0 {
-            self.acquire(conn, sha, preference, plan.want, sent).await?;
+            waiting = self
+                .acquire(conn, sha, preference, plan.want, target, sent)
+                .await?;
         }
         self.stats
             .partitions_owned
             .set(self.table.kept().len() as u64);
-        Ok(false)
+        Ok((false, waiting))
     }
 
-    /// Takes up to `want` free partitions, in order of preference.
+    /// Takes up to `want` free partitions, in order of preference. Returns whether it is still
+    /// short and another replica holds more than its share `target` (so a release is coming).
     async fn acquire<C: ConnectionLike>(
         &mut self,
         conn: &mut C,
         sha: &str,
         preference: &[u16],
         want: usize,
+        target: usize,
         sent: Instant,
-    ) -> Result<(), LeaseError> {
+    ) -> Result<bool, LeaseError> {
         let partitions = self.table.partitions();
         let held = self.table.held();
         let candidates: Vec<u16> = preference
@@ -492,7 +523,7 @@ impl Leases {
             .filter(|p| !held.contains(p))
             .collect();
         if candidates.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut pipe = redis::pipe();
         for &p in &candidates {
@@ -500,6 +531,7 @@ impl Leases {
                 .arg(self.keys.partition(p, partitions).lease());
         }
         let owners: Vec<Option<String>> = pipe.query_async(conn).await?;
+        let release_coming = release_expected(&owners, &self.replica, target);
         // A lease under our own id is ours to take again (a restart with a fixed
         // FANOUT_REPLICA_ID need not wait for it to expire).
         let free: Vec<u16> = candidates
@@ -510,8 +542,9 @@ impl Leases {
             .take(want)
             .collect();
         if free.is_empty() {
-            return Ok(());
+            return Ok(release_coming);
         }
+        let short = free.len() < want;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let script = LeaseScript {
@@ -542,7 +575,7 @@ impl Leases {
             let list: Vec<u16> = got.iter().map(|(p, _)| *p).collect();
             info!(partitions = ?list, "partitions acquired");
         }
-        Ok(())
+        Ok(short && release_coming)
     }
 
     /// Releases every lease and leaves the registry, so other replicas take over at once.
@@ -646,6 +679,21 @@ mod tests {
                 want: 0
             }
         );
+    }
+
+    #[test]
+    fn a_release_is_expected_only_from_a_replica_above_its_share() {
+        let own = |o: &str| Some(o.to_owned());
+        // At start-up one replica holds everything; the newcomer's share is 8 of 16.
+        let all_a: Vec<Option<String>> = (0..16).map(|_| own("a")).collect();
+        assert!(release_expected(&all_a, "b", 8));
+        // 16 over 3 replicas (share 6): 6, 6 and 4 is settled, nobody gives anything up.
+        let settled: Vec<Option<String>> = (0..12)
+            .map(|i| own(if i < 6 { "a" } else { "b" }))
+            .collect();
+        assert!(!release_expected(&settled, "c", 6));
+        // Free partitions and our own leases do not count.
+        assert!(!release_expected(&[None, own("c"), own("c")], "c", 1));
     }
 
     #[tokio::test]
