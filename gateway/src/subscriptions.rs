@@ -202,32 +202,39 @@ impl Subscriptions {
             // Start our topic set afresh so it lists exactly what we hold.
             pipe.del(&own_topics).ignore();
         }
+        // Loaded once per batch; each leave then goes as EVALSHA rather than the whole script.
+        let leave = redis::Script::new(TOPIC_LEAVE_LUA);
+        let mut leave_loaded = false;
+        let meta_ttl = meta_ttl_ms(self.window_ms);
         for (channel, count) in changes.topics {
-            let members = Topic::from_channel(&*channel).members_key();
+            let topic = Topic::from_channel(&*channel);
             if count > 0 {
-                pipe.hset(&members, &*self.gateway_id, count).ignore();
-                // Held again: the sequence must outlive any expiry a last leaver gave it.
-                pipe.persist(Topic::from_channel(&*channel).meta_key())
+                pipe.hset(topic.members_key(), &*self.gateway_id, count)
                     .ignore();
+                // Held again: the sequence must outlive any expiry a last leaver gave it.
+                pipe.persist(topic.meta_key()).ignore();
                 pipe.sadd(&own_topics, &*channel).ignore();
                 if changes.full || !subscribed.contains(&channel) {
                     to_subscribe.push(channel);
                 }
             } else {
+                if !leave_loaded {
+                    pipe.load_script(&leave).ignore();
+                    leave_loaded = true;
+                }
                 // Hold first, then the count (so that at every instant the topic is held or on
                 // hold, and the fanout never drops a message a recovering socket will ask for);
                 // the last holder out starts the meta's expiry.
-                let topic = Topic::from_channel(&*channel);
-                pipe.cmd("EVAL")
-                    .arg(TOPIC_LEAVE_LUA)
-                    .arg(3)
-                    .arg(&members)
-                    .arg(topic.hold_key())
-                    .arg(topic.meta_key())
-                    .arg(&*self.gateway_id)
-                    .arg(self.window_ms)
-                    .arg(meta_ttl_ms(self.window_ms))
-                    .ignore();
+                pipe.invoke_script(
+                    leave
+                        .key(topic.members_key())
+                        .key(topic.hold_key())
+                        .key(topic.meta_key())
+                        .arg(&*self.gateway_id)
+                        .arg(self.window_ms)
+                        .arg(meta_ttl),
+                )
+                .ignore();
                 pipe.srem(&own_topics, &*channel).ignore();
                 if subscribed.contains(&channel) {
                     to_unsubscribe.push(channel);

@@ -13,17 +13,10 @@ pub(crate) struct Sample {
 
 /// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`; zeros for a process that is gone.
 pub(crate) fn sample(pid: u32) -> Sample {
-    let mut out = Sample::default();
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The command name (field 2) may contain spaces; fields after it start behind the last ')'.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
-            .sum();
-        out.cpu_seconds = ticks / clock_ticks();
-    }
+    let mut out = Sample {
+        cpu_seconds: roomcast_tests::bench_fanout::cpu_seconds(pid),
+        ..Sample::default()
+    };
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
         for line in status.lines() {
             let kib = |l: &str| {
@@ -40,11 +33,6 @@ pub(crate) fn sample(pid: u32) -> Sample {
         }
     }
     out
-}
-
-/// `USER_HZ`: 100 on every Linux architecture we run on.
-fn clock_ticks() -> f64 {
-    100.0
 }
 
 /// The machine's load averages (1, 5, 15 minutes).
